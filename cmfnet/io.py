@@ -1,0 +1,338 @@
+"""Dataset format, NIfTI I/O and atomic writes.
+
+A dataset is one folder, close to nnU-Net's raw format:
+
+- ``imagesTr/{case}_{c:04d}.nii.gz``: channel ``c`` (0 = CT, 1 = MR for cross-modal data), all
+  channels of a case on one voxel grid;
+- ``labelsTr/{case}.nii.gz``: dense labels, uint8, 0 = background, 1..K classes;
+- ``scribblesTr/{variant}/{case}.nii.gz``: scribbles, uint8, 0 = background scribble,
+  k = class-k scribble, 255 = unlabelled;
+- ``dataset.json``: channels, labels, spacing, cases and splits.
+
+Arrays are always in SimpleITK's array order (z, y, x) and spacings are given in that same order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from cmfnet.errors import InputError
+
+IGNORE = 255
+FILE_ENDING = ".nii.gz"
+GRID_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Physical grid of an image: what a prediction must copy from its input."""
+
+    shape: tuple[int, ...]  # (z, y, x)
+    spacing: tuple[float, ...]  # (z, y, x), mm
+    origin: tuple[float, ...]  # SimpleITK order (x, y, z)
+    direction: tuple[float, ...]
+
+    @classmethod
+    def of(cls, image: sitk.Image) -> Geometry:
+        return cls(
+            shape=tuple(image.GetSize()[::-1]),
+            spacing=tuple(float(s) for s in image.GetSpacing()[::-1]),
+            origin=tuple(float(o) for o in image.GetOrigin()),
+            direction=tuple(float(d) for d in image.GetDirection()),
+        )
+
+    @classmethod
+    def default(cls, shape: tuple[int, ...], spacing: tuple[float, ...]) -> Geometry:
+        """An axis-aligned grid at the origin (synthetic data)."""
+        ndim = len(shape)
+        return cls(tuple(shape), tuple(float(s) for s in spacing), (0.0,) * ndim,
+                   tuple(np.eye(ndim).ravel().tolist()))
+
+    def same_grid(self, other: Geometry, tol: float = GRID_TOLERANCE) -> bool:
+        return (
+            self.shape == other.shape
+            and np.allclose(self.spacing, other.spacing, atol=tol)
+            and np.allclose(self.origin, other.origin, atol=tol * 10)
+            and np.allclose(self.direction, other.direction, atol=tol)
+        )
+
+    def apply(self, image: sitk.Image) -> sitk.Image:
+        image.SetSpacing(self.spacing[::-1])
+        image.SetOrigin(self.origin)
+        image.SetDirection(self.direction)
+        return image
+
+    def to_json(self) -> dict[str, Any]:
+        return {"shape": list(self.shape), "spacing": list(self.spacing),
+                "origin": list(self.origin), "direction": list(self.direction)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Geometry:
+        return cls(tuple(data["shape"]), tuple(data["spacing"]), tuple(data["origin"]),
+                   tuple(data["direction"]))
+
+
+def read_image(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
+    """Read a NIfTI (or any SimpleITK format) into a (z, y, x) array and its geometry."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "file not found")
+    try:
+        image = sitk.ReadImage(str(path))
+        array = sitk.GetArrayFromImage(image)
+    except RuntimeError as err:
+        first_line = str(err).strip().splitlines()[-1] if str(err).strip() else "unreadable"
+        raise InputError(path, f"cannot read image ({first_line[:160]})") from None
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(path, "expected a scalar image, found a vector image")
+    return array, Geometry.of(image)
+
+
+def _temporary_sibling(path: Path) -> Path:
+    """A hidden temporary name in the same folder, so the final rename is atomic."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part" + "".join(path.suffixes),
+                               dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary_sibling(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Build a directory under a temporary name and move it into place when complete.
+
+    An existing directory at ``path`` is replaced only after the new one is complete.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_image(array: np.ndarray, path: str | os.PathLike, geometry: Geometry) -> None:
+    """Write a (z, y, x) array with the given geometry, atomically."""
+    if tuple(array.shape) != tuple(geometry.shape):
+        raise ValueError(f"{path}: array shape {array.shape} != grid shape {geometry.shape}")
+    image = geometry.apply(sitk.GetImageFromArray(np.ascontiguousarray(array)))
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        # SimpleITK picks the writer from the extension, so keep the real suffixes on the temp name.
+        sitk.WriteImage(image, str(tmp), useCompression=True)
+
+
+def write_json(data: Any, path: str | os.PathLike) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "file not found")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise InputError(path, f"invalid JSON ({err.msg} at line {err.lineno})") from None
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+class Dataset:
+    """A dataset folder in the suite's format, with validating loaders.
+
+    Loading checks what training and evaluation rely on (every channel on one grid, label and
+    scribble values within the declared classes) and raises :class:`InputError` naming the file.
+    """
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+        self.meta: dict[str, Any] = read_json(self.root / "dataset.json")
+        for key in ("channel_names", "labels", "cases"):
+            if key not in self.meta:
+                raise InputError(self.root / "dataset.json", f"missing key '{key}'")
+
+    # -- description -------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return str(self.meta.get("name", self.root.name))
+
+    @property
+    def channels(self) -> list[str]:
+        names = self.meta["channel_names"]
+        return [names[str(i)] for i in range(len(names))]
+
+    @property
+    def num_channels(self) -> int:
+        return len(self.meta["channel_names"])
+
+    @property
+    def labels(self) -> dict[str, int]:
+        return {name: int(v) for name, v in self.meta["labels"].items()}
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes including background."""
+        return max(self.labels.values()) + 1
+
+    @property
+    def class_names(self) -> dict[int, str]:
+        return {v: name for name, v in self.labels.items()}
+
+    @property
+    def cases(self) -> list[str]:
+        return list(self.meta["cases"])
+
+    @property
+    def splits(self) -> list[dict[str, list[str]]]:
+        splits = self.meta.get("splits")
+        if not splits:
+            raise InputError(self.root / "dataset.json", "no 'splits' defined")
+        return splits
+
+    def split(self, fold: int) -> dict[str, list[str]]:
+        splits = self.splits
+        if not 0 <= fold < len(splits):
+            raise InputError(self.root / "dataset.json",
+                             f"fold {fold} out of range (dataset has {len(splits)} folds)")
+        return splits[fold]
+
+    def training_cases(self) -> list[str]:
+        """Cases that are training cases in at least one fold: the only ones that get scribbles."""
+        seen = {c for split in self.splits for c in split["train"]}
+        return [c for c in self.cases if c in seen]
+
+    # -- paths -------------------------------------------------------------------------------
+    def image_paths(self, case: str) -> list[Path]:
+        return [self.root / "imagesTr" / f"{case}_{c:04d}{FILE_ENDING}"
+                for c in range(self.num_channels)]
+
+    def label_path(self, case: str) -> Path:
+        return self.root / "labelsTr" / f"{case}{FILE_ENDING}"
+
+    def scribble_path(self, case: str, variant: str) -> Path:
+        return self.root / "scribblesTr" / variant / f"{case}{FILE_ENDING}"
+
+    # -- loading -----------------------------------------------------------------------------
+    def load_image(self, case: str) -> tuple[np.ndarray, Geometry]:
+        """All channels of a case as a float32 (C, z, y, x) array, after checking they share a grid."""
+        arrays, first = [], None
+        for path in self.image_paths(case):
+            if not path.is_file():
+                raise InputError(path, f"missing modality '{self.channels[len(arrays)]}' of case {case}")
+            array, geometry = read_image(path)
+            if first is None:
+                first = geometry
+            elif not geometry.same_grid(first):
+                raise InputError(path, f"grid {geometry.shape} @ {geometry.spacing} mm differs from "
+                                       f"channel 0 ({first.shape} @ {first.spacing} mm)")
+            if not np.isfinite(array).all():
+                raise InputError(path, "contains NaN or inf")
+            arrays.append(array.astype(np.float32, copy=False))
+        assert first is not None
+        return np.stack(arrays), first
+
+    def geometry(self, case: str) -> Geometry:
+        reader = sitk.ImageFileReader()
+        path = self.image_paths(case)[0]
+        if not path.is_file():
+            raise InputError(path, "file not found")
+        reader.SetFileName(str(path))
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError:
+            raise InputError(path, "cannot read image header") from None
+        return Geometry(tuple(reader.GetSize()[::-1]), tuple(reader.GetSpacing()[::-1]),
+                        tuple(reader.GetOrigin()), tuple(reader.GetDirection()))
+
+    def _load_labelmap(self, path: Path, case: str, allow_ignore: bool) -> np.ndarray:
+        array, geometry = read_image(path)
+        if not geometry.same_grid(self.geometry(case)):
+            raise InputError(path, f"grid {geometry.shape} @ {geometry.spacing} mm differs from the images")
+        if not np.issubdtype(array.dtype, np.integer):
+            if not np.array_equal(array, np.round(array)):
+                raise InputError(path, "label map has non-integer values")
+        values = np.unique(array)
+        allowed = set(range(self.num_classes)) | ({IGNORE} if allow_ignore else set())
+        bad = [int(v) for v in values if int(v) not in allowed]
+        if bad:
+            raise InputError(path, f"values {bad[:5]} outside the declared classes 0..{self.num_classes - 1}"
+                                   + (f" (and {IGNORE} = unlabelled)" if allow_ignore else ""))
+        return array.astype(np.uint8)
+
+    def load_label(self, case: str) -> np.ndarray:
+        """Dense labels. Only evaluation and fully-supervised training of train cases may call this."""
+        return self._load_labelmap(self.label_path(case), case, allow_ignore=False)
+
+    def load_scribble(self, case: str, variant: str) -> np.ndarray:
+        path = self.scribble_path(case, variant)
+        scribble = self._load_labelmap(path, case, allow_ignore=True)
+        if (scribble != IGNORE).sum() == 0:
+            raise InputError(path, "scribble is empty (no labelled voxel)")
+        return scribble
+
+
+def make_dataset_json(
+    name: str,
+    channels: list[str],
+    labels: dict[str, int],
+    cases: list[str],
+    spacing: tuple[float, ...],
+    splits: list[dict[str, list[str]]],
+    **extra: Any,
+) -> dict[str, Any]:
+    """The dataset.json every writer of datasets (synth, importers) produces."""
+    return {
+        "name": name,
+        "channel_names": {str(i): c for i, c in enumerate(channels)},
+        "labels": dict(labels),
+        "ignore_value": IGNORE,
+        "spacing": [float(s) for s in spacing],
+        "spacing_order": "zyx",
+        "file_ending": FILE_ENDING,
+        "numTraining": len(cases),
+        "cases": list(cases),
+        "splits": splits,
+        **extra,
+    }

@@ -1,0 +1,219 @@
+"""Methods: a plugin (a small class) plus a card (``methods/*.yaml``).
+
+A plugin module defines one subclass of :class:`Method`. It says how one training step turns a
+batch into a loss and, if it needs to, which network it builds and what it predicts with. The
+training engine (:mod:`cmfnet.engine`) owns everything methods share: sampling, optimiser and
+schedule, EMA teacher, checkpoints and resume, validation and logging.
+
+A card names the plugin and sets its options::
+
+    name: pCE                 # the row label in tables
+    plugin: baselines.pce     # dotted module, or a path to a .py file relative to the card
+    supervision: scribble     # scribble | mask
+    scribble_variant: sim     # which scribblesTr/<variant> to train on
+    fusion: input             # input (channels stacked) | cross-modal
+    network: {arch: vnet, width: 16, dropout: 0.5}
+    params: {}                # the plugin's own hyper-parameters (over its ``defaults``)
+    train: {}                 # overrides of the preset's training block, if the method needs them
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import importlib.util
+import inspect
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+import yaml
+from torch import nn
+
+from cmfnet.errors import InputError
+from cmfnet.networks import build_network
+
+if TYPE_CHECKING:
+    from cmfnet.engine import Trainer
+
+CARD_KEYS = {"name", "plugin", "supervision", "scribble_variant", "fusion", "network", "params",
+             "train", "description", "paper", "sweep", "table"}
+
+
+@dataclass
+class Batch:
+    """One training batch of patches.
+
+    ``target`` holds scribble labels (255 = unlabelled) or dense labels, by the card's
+    supervision. ``boxes`` gives each patch's position in the engine's stored training volume
+    ``trainer.volumes[case_ids[i]]`` so plugins with per-voxel state (S2L) can crop it.
+    """
+
+    image: torch.Tensor  # (B, C, z, y, x) float
+    target: torch.Tensor  # (B, z, y, x) long
+    case_ids: list[str]
+    boxes: list[tuple[slice, slice, slice]]
+
+
+@dataclass
+class StepInfo:
+    """What a loss may depend on besides the batch."""
+
+    iteration: int  # 0-based index of the current step
+    max_iterations: int
+    teacher: nn.Module | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Method:
+    """Base plugin. Subclasses set ``name`` and ``defaults`` and implement :meth:`loss`."""
+
+    name: ClassVar[str] = "method"
+    #: the plugin's hyper-parameters and their defaults; a card's ``params`` override them
+    defaults: ClassVar[dict[str, Any]] = {}
+    #: EMA decay of a teacher the engine maintains for this method (None: no teacher)
+    teacher_decay: ClassVar[float | None] = None
+
+    def __init__(self, card: Card) -> None:
+        unknown = set(card.params) - set(self.defaults)
+        if unknown:
+            raise InputError(card.path, f"unknown params for plugin '{self.name}': {sorted(unknown)}")
+        self.card = card
+        self.params: dict[str, Any] = {**copy.deepcopy(self.defaults), **card.params}
+
+    # -- network and prediction ---------------------------------------------------------------
+    def build_network(self, in_channels: int, num_classes: int) -> nn.Module:
+        return build_network(self.card.network, in_channels, num_classes)
+
+    def logits(self, model: nn.Module, image: torch.Tensor) -> torch.Tensor:
+        """The logits used for validation and inference."""
+        return model(image)
+
+    # -- training ------------------------------------------------------------------------------
+    def loss(self, model: nn.Module, batch: Batch, step: StepInfo) -> tuple[torch.Tensor, dict[str, float]]:
+        """The total loss of one step and its named parts (floats, for the training log)."""
+        raise NotImplementedError
+
+    def setup(self, trainer: Trainer) -> None:
+        """Called once before training starts (after a resume has restored state)."""
+
+    def after_step(self, trainer: Trainer, iteration: int) -> None:
+        """Called after each optimiser step (``iteration`` is the step just done)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Per-method state that must survive a resume (tensors and plain types only)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        del state
+
+
+@dataclass
+class Card:
+    """A parsed method card."""
+
+    path: Path
+    name: str
+    plugin: str
+    supervision: str = "scribble"
+    scribble_variant: str = "sim"
+    fusion: str = "input"
+    network: dict[str, Any] = field(default_factory=lambda: {"arch": "vnet"})
+    params: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        """The method id used in paths: the card's file stem."""
+        return self.path.stem
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "plugin": self.plugin, "supervision": self.supervision,
+                "scribble_variant": self.scribble_variant, "fusion": self.fusion,
+                "network": self.network, "params": self.params, "train": self.train}
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    """``set_dotted(d, "train.iterations", 3)`` sets ``d["train"]["iterations"] = 3``."""
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"cannot set '{key}': '{part}' is not a mapping")
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse ``key=value`` with a YAML value (``train.iterations=3``, ``params.weight=0.1``)."""
+    if "=" not in text:
+        raise ValueError(f"override '{text}' is not of the form key=value")
+    key, value = text.split("=", 1)
+    return key.strip(), yaml.safe_load(value)
+
+
+def load_card(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Card:
+    """Read and check a method card; ``overrides`` are ``key=value`` strings over its fields."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "method card not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise InputError(path, f"invalid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise InputError(path, "a method card must be a mapping")
+    for text in overrides:
+        try:
+            key, value = parse_override(text)
+            set_dotted(raw, key, value)
+        except ValueError as err:
+            raise InputError(path, str(err)) from None
+    unknown = set(raw) - CARD_KEYS
+    if unknown:
+        raise InputError(path, f"unknown card keys {sorted(unknown)}")
+    for key in ("name", "plugin"):
+        if key not in raw:
+            raise InputError(path, f"missing '{key}'")
+    if raw.get("supervision", "scribble") not in ("scribble", "mask"):
+        raise InputError(path, "supervision must be 'scribble' or 'mask'")
+    if raw.get("fusion", "input") not in ("input", "cross-modal"):
+        raise InputError(path, "fusion must be 'input' or 'cross-modal'")
+    return Card(path=path, name=str(raw["name"]), plugin=str(raw["plugin"]),
+                supervision=raw.get("supervision", "scribble"),
+                scribble_variant=raw.get("scribble_variant", "sim"),
+                fusion=raw.get("fusion", "input"),
+                network=dict(raw.get("network") or {"arch": "vnet"}),
+                params=dict(raw.get("params") or {}), train=dict(raw.get("train") or {}), raw=raw)
+
+
+def _import_plugin_module(spec: str, card_path: Path):  # noqa: ANN202 - a module
+    if spec.endswith(".py"):
+        file = (card_path.parent / spec).resolve()
+        if not file.is_file():
+            raise InputError(card_path, f"plugin file {file} not found")
+        module_name = f"cmfnet_plugin_{file.stem}"
+        module_spec = importlib.util.spec_from_file_location(module_name, file)
+        assert module_spec is not None and module_spec.loader is not None
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[module_name] = module
+        module_spec.loader.exec_module(module)
+        return module
+    try:
+        return importlib.import_module(spec)
+    except ModuleNotFoundError as err:
+        raise InputError(card_path, f"cannot import plugin '{spec}' ({err})") from None
+
+
+def load_method(card: Card) -> Method:
+    """Instantiate the card's plugin: the one :class:`Method` subclass its module defines."""
+    module = _import_plugin_module(card.plugin, card.path)
+    classes = [obj for obj in vars(module).values()
+               if inspect.isclass(obj) and issubclass(obj, Method) and obj.__module__ == module.__name__]
+    if len(classes) != 1:
+        raise InputError(card.path, f"plugin '{card.plugin}' must define exactly one Method subclass, "
+                                    f"found {len(classes)}")
+    return classes[0](card)
