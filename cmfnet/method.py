@@ -13,8 +13,23 @@ A card names the plugin and sets its options::
     scribble_variant: sim     # which scribblesTr/<variant> to train on
     fusion: input             # input (channels stacked) | cross-modal
     network: {arch: vnet, width: 16, dropout: 0.5}
+    channels: null            # input channels fed to the network (null: all; [0]: CT only)
     params: {}                # the plugin's own hyper-parameters (over its ``defaults``)
     train: {}                 # overrides of the preset's training block, if the method needs them
+
+Ablations and sweeps are *variant files*: overrides of one base card, expanded by the pipeline,
+never hand-copied cards::
+
+    extends: cmfnet.yaml      # the base card, relative to this file
+    table: table5             # the table these rows belong to
+    variants:                 # explicit variants: id -> name and dotted overrides
+      mfl: {name: MFL, set: {network.cfe: false, network.cff: false}}
+    grid:                     # and/or a cartesian product of values
+      id: "ct{network.ct_convs}_mr{network.mr_convs}"
+      name: "CT{network.ct_convs}MR{network.mr_convs}"
+      axes: {network.ct_convs: [3, 4, 5, 6], network.mr_convs: [3, 4, 5, 6]}
+
+A variant's method id is ``<file stem>.<variant id>`` (``table5.ct3_mr4``).
 """
 
 from __future__ import annotations
@@ -23,6 +38,7 @@ import copy
 import importlib
 import importlib.util
 import inspect
+import itertools
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,8 +54,9 @@ from cmfnet.networks import build_network
 if TYPE_CHECKING:
     from cmfnet.engine import Trainer
 
-CARD_KEYS = {"name", "plugin", "supervision", "scribble_variant", "fusion", "network", "params",
-             "train", "description", "paper", "sweep", "table"}
+CARD_KEYS = {"name", "plugin", "supervision", "scribble_variant", "fusion", "network", "channels",
+             "params", "train", "description", "paper", "table"}
+VARIANT_FILE_KEYS = {"extends", "table", "variants", "grid", "description"}
 
 
 @dataclass
@@ -121,19 +138,23 @@ class Card:
     scribble_variant: str = "sim"
     fusion: str = "input"
     network: dict[str, Any] = field(default_factory=lambda: {"arch": "vnet"})
+    channels: list[int] | None = None
     params: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
+    variant: str | None = None
+    table: str | None = None
     raw: dict[str, Any] = field(default_factory=dict)
 
     @property
     def id(self) -> str:
-        """The method id used in paths: the card's file stem."""
-        return self.path.stem
+        """The method id used in paths: the card's file stem, plus ``.variant`` for a variant."""
+        return f"{self.path.stem}.{self.variant}" if self.variant else self.path.stem
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "plugin": self.plugin, "supervision": self.supervision,
-                "scribble_variant": self.scribble_variant, "fusion": self.fusion,
-                "network": self.network, "params": self.params, "train": self.train}
+        return {"id": self.id, "name": self.name, "plugin": self.plugin,
+                "supervision": self.supervision, "scribble_variant": self.scribble_variant,
+                "fusion": self.fusion, "network": self.network, "channels": self.channels,
+                "params": self.params, "train": self.train, "table": self.table}
 
 
 def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
@@ -155,9 +176,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), yaml.safe_load(value)
 
 
-def load_card(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Card:
-    """Read and check a method card; ``overrides`` are ``key=value`` strings over its fields."""
-    path = Path(path)
+def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise InputError(path, "method card not found")
     try:
@@ -166,6 +185,80 @@ def load_card(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
         raise InputError(path, f"invalid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(raw, dict):
         raise InputError(path, "a method card must be a mapping")
+    return raw
+
+
+def _format_dotted(template: str, values: dict[str, Any]) -> str:
+    out = template
+    for key, value in values.items():
+        out = out.replace("{" + key + "}", str(value))
+    return out
+
+
+def variant_overrides(path: str | Path) -> dict[str, tuple[str, dict[str, Any]]]:
+    """The variants a variant file declares: ``id -> (table name, dotted overrides)``."""
+    path = Path(path)
+    raw = _read_yaml(path)
+    unknown = set(raw) - VARIANT_FILE_KEYS
+    if unknown:
+        raise InputError(path, f"unknown variant-file keys {sorted(unknown)}")
+    out: dict[str, tuple[str, dict[str, Any]]] = {}
+    for vid, spec in (raw.get("variants") or {}).items():
+        spec = spec or {}
+        out[str(vid)] = (str(spec.get("name", vid)), dict(spec.get("set") or {}))
+    grid = raw.get("grid")
+    if grid:
+        axes = grid.get("axes") or {}
+        keys = list(axes)
+        for combo in itertools.product(*(axes[k] for k in keys)):
+            values = dict(zip(keys, combo))
+            vid = _format_dotted(grid.get("id", "_".join(f"{{{k}}}" for k in keys)), values)
+            if vid in out:
+                raise InputError(path, f"variant '{vid}' declared twice")
+            out[vid] = (_format_dotted(grid.get("name", vid), values), {**(grid.get("set") or {}), **values})
+    if not out:
+        raise InputError(path, "a variant file needs 'variants' or 'grid'")
+    return out
+
+
+def is_variant_file(path: str | Path) -> bool:
+    return "extends" in _read_yaml(Path(path))
+
+
+def method_ids(path: str | Path) -> list[str]:
+    """Every method id a card file stands for: its stem, or ``stem.variant`` per variant."""
+    path = Path(path)
+    if is_variant_file(path):
+        return [f"{path.stem}.{vid}" for vid in variant_overrides(path)]
+    return [path.stem]
+
+
+def card_path_for_id(methods_dir: str | Path, method_id: str) -> tuple[Path, str | None]:
+    """``table5.ct3_mr4`` -> (methods/table5.yaml, "ct3_mr4"); ``pce`` -> (methods/pce.yaml, None)."""
+    stem, _, variant = method_id.partition(".")
+    return Path(methods_dir) / f"{stem}.yaml", (variant or None)
+
+
+def load_card(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
+              variant: str | None = None) -> Card:
+    """Read and check a method card (or one variant of a variant file), then apply ``key=value`` overrides."""
+    path = Path(path)
+    raw = _read_yaml(path)
+    table = None
+    name_override = None
+    if "extends" in raw:
+        variants = variant_overrides(path)
+        if variant is None or variant not in variants:
+            raise InputError(path, f"choose a variant with --variant; one of {sorted(variants)}")
+        name_override, settings = variants[variant]
+        table = raw.get("table")
+        base = (path.parent / str(raw["extends"])).resolve()
+        raw = copy.deepcopy(_read_yaml(base))
+        for key, value in settings.items():
+            set_dotted(raw, key, value)
+        raw["name"] = name_override
+    elif variant is not None:
+        raise InputError(path, f"not a variant file, so it has no variant '{variant}'")
     for text in overrides:
         try:
             key, value = parse_override(text)
@@ -182,12 +275,15 @@ def load_card(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
         raise InputError(path, "supervision must be 'scribble' or 'mask'")
     if raw.get("fusion", "input") not in ("input", "cross-modal"):
         raise InputError(path, "fusion must be 'input' or 'cross-modal'")
+    channels = raw.get("channels")
     return Card(path=path, name=str(raw["name"]), plugin=str(raw["plugin"]),
                 supervision=raw.get("supervision", "scribble"),
                 scribble_variant=raw.get("scribble_variant", "sim"),
                 fusion=raw.get("fusion", "input"),
                 network=dict(raw.get("network") or {"arch": "vnet"}),
-                params=dict(raw.get("params") or {}), train=dict(raw.get("train") or {}), raw=raw)
+                channels=[int(c) for c in channels] if channels is not None else None,
+                params=dict(raw.get("params") or {}), train=dict(raw.get("train") or {}),
+                variant=variant, table=table or raw.get("table"), raw=raw)
 
 
 def _import_plugin_module(spec: str, card_path: Path):  # noqa: ANN202 - a module
