@@ -8,3 +8,7 @@ class InputError(Exception):
         self.path = str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        # picklable, so errors raised in worker processes reach the CLI intact
+        return (type(self), (self.path, self.problem))

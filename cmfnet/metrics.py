@@ -1,0 +1,302 @@
+"""Per-case, per-class evaluation metrics and the ``cmfnet evaluate`` subcommand.
+
+Every value agrees with ``medpy.metric.binary`` 0.5.2 (``dc``, ``asd``, ``assd``, ``hd95`` with
+``voxelspacing`` and connectivity 1) wherever medpy defines it, and extends it where medpy raises:
+
+- both masks empty: DSC 1, every distance 0 (nothing to find, nothing found);
+- exactly one mask empty: DSC 0, every distance = the image diagonal in mm, so that a missed or
+  hallucinated structure gets the worst distance instead of the best (the SSL4MIS/DMSPS bug of
+  returning 0, see docs/reference-methods.md section 11).
+
+Which case applied is recorded in every row (column ``empty``), with the penalty value.
+
+Speed: medpy runs an erosion and a Euclidean distance transform over the whole image for every
+directed distance (five transforms for asd + assd + hd95). Here each class is cropped to the
+bounding box of the union of its two masks, each surface is extracted once and each direction is
+transformed once; asd, assd and hd95 are read from the same two distance arrays. The crop needs no
+margin to stay exact: outside the box both masks are background, which is also what
+``binary_erosion`` assumes beyond the array edge (``border_value=0``, as in medpy), and every
+surface voxel, queried or queried against, lies inside the box.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from importlib.metadata import version as package_version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from cmfnet import __version__
+from cmfnet.errors import InputError
+from cmfnet.io import FILE_ENDING, GRID_TOLERANCE, Dataset, atomic_path, read_image
+
+EMPTY_NONE, EMPTY_BOTH, EMPTY_PRED, EMPTY_REF = "none", "both", "pred", "ref"
+METRIC_COLUMNS = ("class_id", "class", "dsc", "asd", "assd", "hd95", "tp", "fp", "fn",
+                  "n_pred", "n_ref", "empty", "penalty_mm")
+VERSION_COLUMNS = ("cmfnet_version", "medpy_version")
+
+
+# -- one case ------------------------------------------------------------------------------------
+def image_diagonal_mm(shape: Sequence[int], spacing: Sequence[float]) -> float:
+    """The largest distance two voxels of the image can have: the penalty for a one-sided miss."""
+    return float(np.sqrt(np.sum((np.asarray(shape, float) * np.asarray(spacing, float)) ** 2)))
+
+
+def surface_distances(pred: np.ndarray, ref: np.ndarray,
+                      spacing: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Distances (mm) from each surface voxel of ``pred`` to the surface of ``ref``, and back.
+
+    Same definition as medpy's ``__surface_distances``: the surface is the mask minus its
+    face-connected erosion, and each distance is to the nearest surface voxel of the other mask.
+    Both masks must be non-empty and should already be cropped (see the module docstring).
+    """
+    footprint = ndimage.generate_binary_structure(pred.ndim, 1)
+    pred_surface = pred ^ ndimage.binary_erosion(pred, structure=footprint)
+    ref_surface = ref ^ ndimage.binary_erosion(ref, structure=footprint)
+    sampling = np.asarray(spacing, dtype=np.float64)
+    to_ref = ndimage.distance_transform_edt(~ref_surface, sampling=sampling)[pred_surface]
+    to_pred = ndimage.distance_transform_edt(~pred_surface, sampling=sampling)[ref_surface]
+    return to_ref, to_pred
+
+
+def _union_box(a: tuple[slice, ...] | None, b: tuple[slice, ...] | None) -> tuple[slice, ...]:
+    if a is None or b is None:
+        box = a if b is None else b
+        assert box is not None
+        return box
+    return tuple(slice(min(sa.start, sb.start), max(sa.stop, sb.stop)) for sa, sb in zip(a, b))
+
+
+def evaluate_case(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float],
+                  class_names: Mapping[int, str]) -> list[dict[str, Any]]:
+    """One row per class in ``class_names`` (background 0 skipped) for one case.
+
+    ``pred`` and ``ref`` are non-negative integer label maps on the same grid, ``spacing`` in
+    array axis order. Labels not in ``class_names`` are not evaluated; checking that none occur
+    is the caller's job (:func:`evaluate_folders` does it).
+    """
+    if pred.shape != ref.shape:
+        raise ValueError(f"prediction shape {pred.shape} != reference shape {ref.shape}")
+    if len(spacing) != pred.ndim:
+        raise ValueError(f"spacing {tuple(spacing)} does not match {pred.ndim}-d arrays")
+    class_ids = sorted(k for k in class_names if k != 0)
+    penalty = image_diagonal_mm(pred.shape, spacing)
+    if not class_ids:
+        return []
+    # one pass over each full image finds every class's box; everything else works on crops
+    max_label = max(class_ids)
+    pred_boxes = ndimage.find_objects(pred, max_label)
+    ref_boxes = ndimage.find_objects(ref, max_label)
+    rows = []
+    for k in class_ids:
+        row: dict[str, Any] = {"class_id": k, "class": class_names[k]}
+        pred_box, ref_box = pred_boxes[k - 1], ref_boxes[k - 1]
+        if pred_box is None and ref_box is None:
+            row.update(dsc=1.0, asd=0.0, assd=0.0, hd95=0.0, tp=0, fp=0, fn=0, n_pred=0, n_ref=0,
+                       empty=EMPTY_BOTH)
+        else:
+            box = _union_box(pred_box, ref_box)
+            pred_mask, ref_mask = pred[box] == k, ref[box] == k
+            tp = int(np.count_nonzero(pred_mask & ref_mask))
+            n_pred, n_ref = int(np.count_nonzero(pred_mask)), int(np.count_nonzero(ref_mask))
+            row.update(dsc=2.0 * tp / (n_pred + n_ref), tp=tp, fp=n_pred - tp, fn=n_ref - tp,
+                       n_pred=n_pred, n_ref=n_ref)
+            if pred_box is None or ref_box is None:
+                row.update(asd=penalty, assd=penalty, hd95=penalty,
+                           empty=EMPTY_PRED if pred_box is None else EMPTY_REF)
+            else:
+                to_ref, to_pred = surface_distances(pred_mask, ref_mask, spacing)
+                pooled = np.concatenate([to_ref, to_pred])  # medpy's order: pred->ref first
+                row.update(asd=float(to_ref.mean()), assd=float(pooled.mean()),
+                           hd95=float(np.percentile(pooled, 95)), empty=EMPTY_NONE)
+        row["penalty_mm"] = penalty
+        rows.append({column: row[column] for column in METRIC_COLUMNS})
+    return rows
+
+
+# -- folders -------------------------------------------------------------------------------------
+def _label_values(array: np.ndarray, path: Path) -> tuple[np.ndarray, set[int]]:
+    """The label map as a non-negative integer array, and the values it holds."""
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8)
+    if not np.issubdtype(array.dtype, np.integer):
+        if not np.all(np.isfinite(array)) or not np.array_equal(array, np.round(array)):
+            raise InputError(path, "label map has non-integer values")
+        array = array.astype(np.int64)
+    if array.size and array.min() < 0:
+        raise InputError(path, f"label map has negative values (min {array.min()})")
+    counts = np.bincount(array.ravel()) if array.size else np.zeros(0, int)
+    return array, {int(v) for v in np.flatnonzero(counts)}
+
+
+def _check_declared(values: set[int], declared: set[int], path: Path, what: str) -> None:
+    bad = sorted(values - declared - {0})
+    if bad:
+        raise InputError(path, f"label values {bad[:5]} outside the {what} {sorted(declared)}")
+
+
+def _evaluate_pair(case: str, pred_path: Path, ref_path: Path,
+                   class_names: dict[int, str] | None) -> dict[str, Any]:
+    """Read, check and evaluate one case. Runs in worker processes, so errors come back as data
+    (an InputError does not survive unpickling)."""
+    try:
+        pred, pred_grid = read_image(pred_path)
+        ref, ref_grid = read_image(ref_path)
+        if pred_grid.shape != ref_grid.shape or not np.allclose(
+                pred_grid.spacing, ref_grid.spacing, atol=GRID_TOLERANCE):
+            raise InputError(pred_path, f"grid {pred_grid.shape} @ {pred_grid.spacing} mm differs "
+                                        f"from reference {ref_path} "
+                                        f"({ref_grid.shape} @ {ref_grid.spacing} mm)")
+        pred, pred_values = _label_values(pred, pred_path)
+        ref, ref_values = _label_values(ref, ref_path)
+        if class_names is not None:
+            declared = set(class_names) - {0}
+            _check_declared(ref_values, declared, ref_path, "declared classes")
+            _check_declared(pred_values, declared, pred_path, "declared classes")
+            classes = class_names
+        else:
+            classes = {k: _default_class_name(k) for k in (pred_values | ref_values) - {0}}
+        rows = evaluate_case(pred, ref, ref_grid.spacing, classes)
+    except InputError as err:
+        return {"error": (err.path, err.problem)}
+    for row in rows:
+        row["case"] = case
+    return {"rows": rows, "pred_values": pred_values, "ref_values": ref_values,
+            "penalty_mm": image_diagonal_mm(ref_grid.shape, ref_grid.spacing)}
+
+
+def _default_class_name(class_id: int) -> str:
+    return f"label_{class_id}"
+
+
+def _prediction_cases(pred_dir: Path) -> list[str]:
+    names = sorted(p.name for p in pred_dir.iterdir()
+                   if p.name.endswith(FILE_ENDING) and not p.name.startswith("."))
+    return [name[: -len(FILE_ENDING)] for name in names]
+
+
+def evaluate_folders(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike,
+                     class_names: dict[int, str] | None = None, cases: list[str] | None = None,
+                     jobs: int = 1) -> pd.DataFrame:
+    """Evaluate every ``{case}.nii.gz`` of ``pred_dir`` against the same name in ``ref_dir``.
+
+    Without ``class_names``, the classes are the labels found in the references (over all
+    cases), so that every case gets the same rows and a class a case lacks counts as both-empty.
+    """
+    pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
+    for folder, role in ((pred_dir, "prediction"), (ref_dir, "reference")):
+        if not folder.is_dir():
+            raise InputError(folder, f"{role} folder not found")
+    if jobs < 1:
+        raise InputError(pred_dir, f"jobs must be >= 1, got {jobs}")
+    if cases is None:
+        cases = _prediction_cases(pred_dir)
+        if not cases:
+            raise InputError(pred_dir, f"no *{FILE_ENDING} predictions found")
+    if class_names is not None:
+        class_names = {int(k): str(v) for k, v in class_names.items() if int(k) != 0}
+    pairs = [(case, pred_dir / f"{case}{FILE_ENDING}", ref_dir / f"{case}{FILE_ENDING}")
+             for case in cases]
+    # check every file exists before spending time on any case
+    for _, pred_path, ref_path in pairs:
+        for path, role in ((pred_path, "prediction"), (ref_path, "reference")):
+            if not path.is_file():
+                raise InputError(path, f"{role} file not found")
+
+    args = [(case, p, r, class_names) for case, p, r in pairs]
+    if jobs == 1 or len(pairs) == 1:
+        results = [_evaluate_pair(*a) for a in args]
+    else:
+        # spawn: the caller may hold torch/OpenMP threads that a fork would copy in a bad state
+        with ProcessPoolExecutor(max_workers=min(jobs, len(pairs)),
+                                 mp_context=multiprocessing.get_context("spawn")) as pool:
+            results = list(pool.map(_evaluate_pair, *zip(*args)))
+    for result in results:
+        if "error" in result:
+            raise InputError(*result["error"])
+
+    if class_names is None:
+        results = _complete_inferred_classes(pairs, results)
+    rows = [row for result in results for row in result["rows"]]
+    return pd.DataFrame(rows, columns=["case", *METRIC_COLUMNS])
+
+
+def _complete_inferred_classes(pairs: list[tuple[str, Path, Path]],
+                               results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """With classes inferred from the references: reject predicted labels no reference has, and
+    give every case a both-empty row for each class it lacks on both sides."""
+    declared = set().union(*(r["ref_values"] for r in results)) - {0}
+    for (_, pred_path, _), result in zip(pairs, results):
+        _check_declared(result["pred_values"], declared, pred_path, "labels of the references")
+    for (case, _, _), result in zip(pairs, results):
+        present = {row["class_id"] for row in result["rows"]}
+        missing = [
+            {"case": case, "class_id": k, "class": _default_class_name(k), "dsc": 1.0, "asd": 0.0,
+             "assd": 0.0, "hd95": 0.0, "tp": 0, "fp": 0, "fn": 0, "n_pred": 0, "n_ref": 0,
+             "empty": EMPTY_BOTH, "penalty_mm": result["penalty_mm"]}
+            for k in sorted(declared - present)]
+        result["rows"] = sorted(result["rows"] + missing, key=lambda row: row["class_id"])
+    return results
+
+
+# -- CLI -----------------------------------------------------------------------------------------
+def _parse_tag(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected key=value, got '{text}'")
+    return key.strip(), value
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "evaluate", help="per-case, per-class DSC / ASD / ASSD / HD95 of predictions, as CSV",
+        description="Compare every {case}.nii.gz of --pred with the same file of the reference "
+                    "folder and write one CSV row per case and foreground class.")
+    parser.add_argument("--pred", required=True, type=Path, help="folder of predicted label maps")
+    parser.add_argument("--ref", type=Path,
+                        help="folder of reference label maps (default: DATASET/labelsTr)")
+    parser.add_argument("--out", required=True, type=Path, help="CSV file to write")
+    parser.add_argument("--dataset", type=Path,
+                        help="dataset folder: class names from its dataset.json")
+    parser.add_argument("--tag", action="append", default=[], type=_parse_tag, metavar="KEY=VALUE",
+                        help="constant column added to every row (e.g. method=pce); repeatable")
+    parser.add_argument("--jobs", type=int, default=1, help="cases evaluated in parallel")
+    parser.set_defaults(func=run_evaluate)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    class_names = None
+    ref_dir = args.ref
+    if args.dataset is not None:
+        dataset = Dataset(args.dataset)
+        class_names = dataset.class_names
+        ref_dir = ref_dir if ref_dir is not None else dataset.root / "labelsTr"
+    if ref_dir is None:
+        raise InputError("--ref", "give a reference folder with --ref, or a dataset with --dataset")
+    tags = dict(args.tag)
+    reserved = {"case", *METRIC_COLUMNS, *VERSION_COLUMNS}
+    clashes = sorted(k for k in tags if k in reserved)
+    if len(tags) != len(args.tag) or clashes:
+        raise InputError("--tag", f"tag keys must be unique and not a metric column (got "
+                                  f"{[k for k, _ in args.tag]})")
+
+    table = evaluate_folders(args.pred, ref_dir, class_names=class_names, jobs=args.jobs)
+    for position, (key, value) in enumerate(tags.items()):
+        table.insert(position, key, value)
+    table["cmfnet_version"] = __version__
+    table["medpy_version"] = package_version("medpy")
+    with atomic_path(args.out) as tmp:
+        table.to_csv(tmp, index=False)
+
+    mean_dsc = table.groupby(["class_id", "class"], sort=True)["dsc"].mean()
+    per_class = ", ".join(f"{name} {value:.4f}" for (_, name), value in mean_dsc.items())
+    print(f"evaluate: {table['case'].nunique()} cases -> {args.out}; mean DSC: {per_class}")
+    return 0
