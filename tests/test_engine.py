@@ -1,0 +1,148 @@
+"""The training engine: sampling, resume after a kill, EMA teacher, selection, data hygiene."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cmfnet.engine import PatchSampler, TrainConfig, TrainedModel, Trainer, TrainVolume
+from cmfnet.errors import InputError
+from cmfnet.io import IGNORE, Dataset, Geometry
+from cmfnet.losses import partial_ce
+from cmfnet.method import load_card
+
+FAST = {"iterations": 8, "batch_size": 1, "patch_size": [16, 32, 32], "val_interval": 4,
+        "checkpoint_interval": 4, "log_interval": 4}
+
+
+def write_card(tmp_path: Path, text: str = "", name: str = "card.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text("name: pCE\nplugin: baselines.pce\nnetwork: {arch: vnet, width: 2}\n" + text)
+    return path
+
+
+def make_trainer(tmp_path: Path, dataset: Path, out: str = "out", card_text: str = "", **train: object) -> Trainer:
+    card = load_card(write_card(tmp_path, card_text))
+    return Trainer(card, Dataset(dataset), 0, tmp_path / out, TrainConfig(**{**FAST, **train}), device="cpu")
+
+
+def test_partial_ce_is_safe_without_labels() -> None:
+    logits = torch.randn(1, 2, 4, 4, 4, requires_grad=True)
+    loss = partial_ce(logits, torch.full((1, 4, 4, 4), IGNORE))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.all(logits.grad == 0)
+
+
+def test_sampler_patches_always_hold_labelled_voxels() -> None:
+    rng = np.random.default_rng(0)
+    target = np.full((20, 40, 40), IGNORE, np.uint8)
+    target[3, 30, 30] = 1  # one foreground voxel near a corner
+    target[18, 2, 5] = 0
+    volume = TrainVolume(np.zeros((1, 20, 40, 40), np.float32), target, Geometry.default((20, 40, 40), (1, 1, 1)))
+    sampler = PatchSampler({"a": volume}, [8, 16, 16], fg_fraction=0.5, rng=rng)
+    for _ in range(200):
+        _, targets, _, boxes = sampler.sample(1)
+        assert targets.shape == (1, 8, 16, 16)
+        assert (targets != IGNORE).any()
+        assert all(s.stop - s.start == p for s, p in zip(boxes[0], [8, 16, 16]))
+
+
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path: Path, tiny_dataset: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    full = make_trainer(tmp_path, tiny_dataset, "full")
+    full.fit()
+    reference = torch.load(tmp_path / "full" / "model.pt", weights_only=True)["weights"]
+
+    killed = make_trainer(tmp_path, tiny_dataset, "killed")
+
+    def die(trainer: Trainer, iteration: int) -> None:
+        if iteration == 5:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(killed.method, "after_step", die)
+    with pytest.raises(KeyboardInterrupt):
+        killed.fit()
+    assert (tmp_path / "killed" / "last.pt").is_file()
+    assert not (tmp_path / "killed" / "model.pt").exists()
+
+    resumed = make_trainer(tmp_path, tiny_dataset, "killed")
+    resumed.fit()
+    assert resumed.iteration == 8
+    assert not (tmp_path / "killed" / "last.pt").exists()
+    weights = torch.load(tmp_path / "killed" / "model.pt", weights_only=True)["weights"]
+    for key, value in reference.items():
+        assert torch.equal(value, weights[key]), key
+
+
+def test_changed_config_does_not_resume_stale_checkpoint(tmp_path: Path, tiny_dataset: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    killed = make_trainer(tmp_path, tiny_dataset)
+    monkeypatch.setattr(killed.method, "after_step",
+                        lambda trainer, it: (_ for _ in ()).throw(KeyboardInterrupt) if it == 5 else None)
+    with pytest.raises(KeyboardInterrupt):
+        killed.fit()
+    other = make_trainer(tmp_path, tiny_dataset, lr=0.01)
+    other.fit()
+    assert other.iteration == 8
+
+
+def test_teacher_is_an_ema_of_the_student(tmp_path: Path, tiny_dataset: Path) -> None:
+    trainer = make_trainer(tmp_path, tiny_dataset, iterations=3)
+    trainer.method.teacher_decay = 0.5  # instance override: the plugin class stays pCE
+    trainer.teacher = copy.deepcopy(trainer.model)
+    before = [p.detach().clone() for p in trainer.teacher.parameters()]
+    trainer.iteration = 10  # past warm-up: decay = min(1 - 1/11, 0.5) = 0.5
+    with torch.no_grad():
+        for p in trainer.model.parameters():
+            p.add_(1.0)
+    trainer._update_teacher()
+    for t, old, s in zip(trainer.teacher.parameters(), before, trainer.model.parameters()):
+        assert torch.allclose(t, 0.5 * old + 0.5 * s)
+
+
+def test_model_selection_uses_validation_and_model_applies(tmp_path: Path, tiny_dataset: Path) -> None:
+    trainer = make_trainer(tmp_path, tiny_dataset)
+    meta = trainer.fit()
+    assert meta["selected_iteration"] in (4, 8)
+    assert 0.0 <= meta["best_val_dice"] <= 1.0
+    log = (tmp_path / "out" / "train_log.csv").read_text().splitlines()
+    assert log[0].startswith("iteration") and "val_dice" in log[0]
+    trained = TrainedModel.load(tmp_path / "out")
+    image, _ = Dataset(tiny_dataset).load_image(Dataset(tiny_dataset).split(0)["test"][0])
+    labels = trained.segment(image, torch.device("cpu"))
+    assert labels.shape == image.shape[1:] and labels.dtype == np.uint8
+
+
+def test_training_never_reads_test_labels_or_test_scribbles(tmp_path: Path, tiny_dataset: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    dataset = Dataset(tiny_dataset)
+    split = dataset.split(0)
+    read: list[str] = []
+    for loader in ("load_label", "load_scribble"):
+        original = getattr(Dataset, loader)
+
+        def spy(self: Dataset, case: str, *args: object, _original=original) -> np.ndarray:
+            read.append(case)
+            return _original(self, case, *args)
+
+        monkeypatch.setattr(Dataset, loader, spy)
+    make_trainer(tmp_path, tiny_dataset).fit()
+    assert read and not set(read) & set(split["test"])
+    assert set(read) <= set(split["train"]) | set(split["val"])
+
+
+def test_patch_size_must_fit_the_network(tmp_path: Path, tiny_dataset: Path) -> None:
+    with pytest.raises(InputError, match="multiples of 16"):
+        make_trainer(tmp_path, tiny_dataset, patch_size=[12, 32, 32])
+
+
+def test_channel_selection_trains_on_one_modality(tmp_path: Path, tiny_dataset: Path) -> None:
+    trainer = make_trainer(tmp_path, tiny_dataset, card_text="channels: [1]\n", iterations=2)
+    meta = trainer.fit()
+    assert meta["channel_names"] == ["MR"]
+    first_conv = next(trainer.model.parameters())
+    assert first_conv.shape[1] == 1
