@@ -1,0 +1,50 @@
+# Train each method on each fold, then segment that fold's test cases.
+# Only model.pt is a declared output: the resume checkpoint last.pt must survive a failed job.
+
+
+rule train:
+    input:
+        unpack(train_inputs),
+    output:
+        "results/models/{dataset}/{method}/fold{fold}/model.pt",
+    log:
+        "logs/train/{dataset}/{method}/fold{fold}.log",
+    params:
+        card=card_args,
+        train=train_config_json,
+        device=config.get("device", "auto"),
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=240,
+        gpu=train_gpus,
+    conda:
+        "../envs/cmfnet.yaml"
+    shell:
+        "cmfnet train {params.card} --dataset results/data/{wildcards.dataset} --fold {wildcards.fold} "
+        "--out results/models/{wildcards.dataset}/{wildcards.method}/fold{wildcards.fold} "
+        "--train-config '{params.train}' --device {params.device} --threads {threads} > {log} 2>&1"
+
+
+rule predict:
+    input:
+        model="results/models/{dataset}/{method}/fold{fold}/model.pt",
+        dataset="results/data/{dataset}/dataset.json",
+    output:
+        directory("results/predictions/{dataset}/{method}/fold{fold}"),
+    log:
+        "logs/predict/{dataset}/{method}/fold{fold}.log",
+    params:
+        overlap=config.get("predict", {}).get("overlap", 0.5),
+        device=config.get("device", "auto"),
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=60,
+        gpu=train_gpus,
+    conda:
+        "../envs/cmfnet.yaml"
+    shell:
+        "cmfnet predict --model results/models/{wildcards.dataset}/{wildcards.method}/fold{wildcards.fold} "
+        "--dataset results/data/{wildcards.dataset} --out {output} --overlap {params.overlap} "
+        "--device {params.device} > {log} 2>&1"
