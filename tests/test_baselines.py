@@ -1,0 +1,538 @@
+"""The compared baselines: what makes each method itself, on tiny networks and patches.
+
+S2L and DMSPS hooks run against a small fake trainer with the attributes of the engine contract
+(volumes, predict_probabilities in eval mode without grad, reset_optimizer, log, ...).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+from torch import nn
+
+from baselines.dmsps import DualDecoderVNet, mixed_soft_label, stage2_labels
+from baselines.regularizers import (entropy_of_probabilities, mumford_shah_loss, normalized_entropy,
+                                    soft_contour_length)
+from baselines.s2l import crop_grid, downsample
+from baselines.ustm import masked_consistency, teacher_statistics, uncertainty_threshold
+from cmfnet.errors import InputError
+from cmfnet.io import IGNORE
+from cmfnet.method import Batch, Method, StepInfo, load_card, load_method
+
+METHODS = Path(__file__).resolve().parents[1] / "methods"
+TABLE_NAMES = {"pce": "pCE", "fullysup": "FullySup", "em": "EM", "tv": "TV", "ms": "MS",
+               "ustm": "USTM", "s2l": "S2L", "dmsps": "DMSPS"}
+REFERENCE_VNET = {"arch": "vnet", "width": 16, "n_convs": [1, 2, 3, 3, 3], "downsamplings": 4, "dropout": 0.5}
+PATCH = (16, 16, 16)
+
+
+def tiny_method(stem: str, *overrides: str) -> Method:
+    """The card's plugin with a width-2 V-Net (the layout stays the reference's)."""
+    return load_method(load_card(METHODS / f"{stem}.yaml", ["network.width=2", *overrides]))
+
+
+def scribble_target(batch: int = 2, shape: tuple[int, int, int] = PATCH) -> torch.Tensor:
+    target = torch.full((batch, *shape), IGNORE, dtype=torch.long)
+    target[:, shape[0] // 2, shape[1] // 2, 2:10] = 1
+    target[:, 1, :, 1] = 0
+    return target
+
+
+def make_batch(channels: int = 2, batch: int = 2, target: torch.Tensor | None = None) -> Batch:
+    generator = torch.Generator().manual_seed(0)
+    image = torch.randn((batch, channels, *PATCH), generator=generator)
+    target = scribble_target(batch) if target is None else target
+    boxes = [(slice(0, PATCH[0]), slice(0, PATCH[1]), slice(0, PATCH[2]))] * batch
+    return Batch(image=image, target=target, case_ids=[f"case_{i}" for i in range(batch)], boxes=boxes)
+
+
+class FakeTrainer:
+    """The attributes of the engine's Trainer that plugins may use, without the engine."""
+
+    def __init__(self, method: Method, model: nn.Module, volumes: dict[str, SimpleNamespace],
+                 num_classes: int, max_iterations: int = 100) -> None:
+        self.method, self.model, self.volumes = method, model, volumes
+        self.num_classes, self.max_iterations = num_classes, max_iterations
+        self.teacher, self.device, self.optimizer = None, torch.device("cpu"), None
+        self.rng = np.random.default_rng(0)
+        self.messages: list[str] = []
+        self.optimizer_resets: list[float | None] = []
+
+    def predict_probabilities(self, image: np.ndarray, model: nn.Module | None = None) -> torch.Tensor:
+        """Like the engine: eval mode, no grad, training mode restored (one window: tiny volumes)."""
+        model = model or self.model
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                logits = self.method.logits(model, torch.from_numpy(image)[None])
+                return torch.softmax(logits, dim=1)[0].float().cpu()
+        finally:
+            model.train(was_training)
+
+    def reset_optimizer(self, lr: float | None = None) -> None:
+        self.optimizer_resets.append(lr)
+
+    def log(self, message: str) -> None:
+        self.messages.append(message)
+
+
+def make_volumes(n: int = 2, channels: int = 2, shape: tuple[int, int, int] = PATCH,
+                 seed: int = 0) -> dict[str, SimpleNamespace]:
+    rng = np.random.default_rng(seed)
+    volumes = {}
+    for i in range(n):
+        target = scribble_target(1, shape)[0].numpy().astype(np.uint8)
+        volumes[f"case_{i}"] = SimpleNamespace(image=rng.normal(size=(channels, *shape)).astype(np.float32),
+                                               target=target, geometry=None)
+    return volumes
+
+
+# -- cards -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("stem", sorted(TABLE_NAMES))
+def test_cards_follow_the_common_protocol(stem: str) -> None:
+    card = load_card(METHODS / f"{stem}.yaml")
+    method = load_method(card)
+    assert card.name == TABLE_NAMES[stem]
+    assert method.name == stem
+    assert card.network == REFERENCE_VNET
+    assert card.fusion == "input"
+    assert card.train == {}, "baselines train with the preset's block"
+    assert card.supervision == ("mask" if stem == "fullysup" else "scribble")
+    assert set(card.params) <= set(method.defaults)
+    assert all(method.params[k] == v for k, v in card.params.items())
+
+
+def test_bad_schedule_and_choice_params_are_refused() -> None:
+    with pytest.raises(InputError, match="rampup"):
+        tiny_method("em", "params.rampup=1.5")
+    with pytest.raises(InputError, match="uncertain_label"):
+        tiny_method("dmsps", "params.uncertain_label=maybe")
+    with pytest.raises(InputError, match="ema_stride"):
+        tiny_method("s2l", "params.ema_stride=[2, 2]")
+
+
+# -- every plugin ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("stem", sorted(TABLE_NAMES))
+def test_every_plugin_loss_backpropagates(stem: str) -> None:
+    torch.manual_seed(0)
+    method = tiny_method(stem)
+    model = method.build_network(2, 3)
+    batch = make_batch()
+    if stem == "fullysup":
+        batch.target = torch.randint(0, 3, batch.target.shape)
+    if stem == "s2l":  # after the warm-up, with maps confident enough to give pseudo-labels
+        method.setup(FakeTrainer(method, model, {c: SimpleNamespace(image=batch.image[i].numpy(), target=None)
+                                                 for i, c in enumerate(batch.case_ids)}, 3))
+        for grid in method.maps.values():
+            grid[2] = 0.9
+    teacher = copy.deepcopy(model) if method.teacher_decay else None
+    loss, parts = method.loss(model, batch, StepInfo(iteration=90, max_iterations=100, teacher=teacher))
+    assert torch.isfinite(loss) and loss.dim() == 0
+    assert all(isinstance(v, float) and math.isfinite(v) for v in parts.values())
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    assert sum(float(g.abs().sum()) for g in grads) > 0
+    if teacher is not None:
+        assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_pce_on_a_patch_without_labels_is_finite_with_zero_gradients() -> None:
+    method = tiny_method("pce")
+    model = method.build_network(2, 2)
+    batch = make_batch(target=torch.full((2, *PATCH), IGNORE, dtype=torch.long))
+    loss, _ = method.loss(model, batch, StepInfo(0, 10))
+    assert torch.isfinite(loss) and float(loss.detach()) == 0.0
+    loss.backward()
+    assert all(p.grad is None or float(p.grad.abs().max()) == 0.0 for p in model.parameters())
+
+
+def test_pce_averages_over_scribbled_voxels_only() -> None:
+    method = tiny_method("pce")
+    model = method.build_network(2, 2).eval()
+    batch = make_batch()
+    loss, _ = method.loss(model, batch, StepInfo(0, 10))
+    logits = model(batch.image)
+    labelled = batch.target != IGNORE
+    expected = F.cross_entropy(logits.permute(0, 2, 3, 4, 1)[labelled], batch.target[labelled])
+    assert torch.allclose(loss, expected, atol=1e-6)
+
+
+def test_fullysup_is_cross_entropy_on_dense_masks() -> None:
+    method = tiny_method("fullysup")
+    model = method.build_network(2, 3).eval()
+    batch = make_batch(target=torch.randint(0, 3, (2, *PATCH)))
+    loss, _ = method.loss(model, batch, StepInfo(0, 10))
+    assert torch.allclose(loss, F.cross_entropy(model(batch.image), batch.target), atol=1e-6)
+
+
+# -- EM --------------------------------------------------------------------------------------------
+def test_entropy_is_normalised_to_unit_interval() -> None:
+    for classes in (2, 5):
+        uniform = torch.zeros(1, classes, 2, 2, 2)
+        assert torch.allclose(normalized_entropy(uniform), torch.ones(1, 2, 2, 2), atol=1e-6)
+        one_hot = torch.zeros(1, classes, 2, 2, 2)
+        one_hot[:, 1] = 200.0
+        assert float(normalized_entropy(one_hot).abs().max()) < 1e-6
+        random = normalized_entropy(torch.randn(3, classes, 4, 4, 4) * 3)
+        assert float(random.min()) >= 0.0 and float(random.max()) <= 1.0 + 1e-6
+
+
+def test_em_weight_ramps_up_to_its_value() -> None:
+    method = tiny_method("em")
+    model = method.build_network(2, 2)
+    batch = make_batch()
+    weights = [method.loss(model, batch, StepInfo(t, 100))[1]["em_weight"] for t in (0, 25, 50, 99)]
+    assert weights == sorted(weights)
+    assert weights[0] < 0.01 * 0.1 and weights[-1] == pytest.approx(0.1)
+    model.eval()
+    loss, parts = method.loss(model, batch, StepInfo(99, 100))
+    with torch.no_grad():
+        probs = torch.softmax(model(batch.image), dim=1)
+    by_hand = float((-(probs * probs.log()).sum(1) / math.log(2)).mean())
+    assert parts["entropy"] == pytest.approx(by_hand, rel=1e-4)
+    assert float(loss.detach()) == pytest.approx(parts["pce"] + 0.1 * by_hand, rel=1e-5)
+
+
+# -- TV --------------------------------------------------------------------------------------------
+def test_tv_is_zero_on_constant_and_positive_on_noisy_predictions() -> None:
+    constant = torch.softmax(torch.randn(2, 3, 1, 1, 1).expand(2, 3, 8, 8, 8), dim=1)
+    assert float(soft_contour_length(constant)) == pytest.approx(0.0, abs=1e-7)
+    noisy = torch.softmax(torch.randn(2, 3, 8, 8, 8) * 3, dim=1)
+    assert float(soft_contour_length(noisy)) > 1e-3
+    cube = torch.zeros(1, 2, 8, 8, 8)
+    cube[:, 1, 2:6, 2:6, 2:6] = 1.0
+    cube[:, 0] = 1 - cube[:, 1]
+    # erosion keeps the inner 2^3 voxels, the opening restores the 4^3 cube: a 56-voxel band
+    assert float(soft_contour_length(cube)) == pytest.approx((4**3 - 2**3) / 8**3)
+
+
+def test_tv_uses_every_sample_and_drops_only_the_background_channel() -> None:
+    probs = torch.full((2, 2, 8, 8, 8), 0.5)
+    probs[0, 1] = torch.rand(8, 8, 8)  # only sample 0 is noisy: WSL4MIS's [1:] would drop it
+    probs[0, 0] = 1 - probs[0, 1]
+    assert float(soft_contour_length(probs)) > 0.01
+    background_only = torch.full((1, 2, 8, 8, 8), 0.5)
+    background_only[0, 0] = torch.rand(8, 8, 8)
+    assert float(soft_contour_length(background_only)) == 0.0
+    assert float(soft_contour_length(background_only, include_background=True)) > 0.01
+
+
+# -- MS --------------------------------------------------------------------------------------------
+def two_region_case() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A 2-channel piecewise-constant image, its exact two-class segmentation, and a wrong one."""
+    region = torch.zeros(1, 1, 8, 8, 8)
+    region[..., 4:] = 1.0
+    image = torch.cat([1.0 + 2.0 * region, 3.0 - 2.5 * region], dim=1)
+    aligned = torch.cat([1 - region, region], dim=1)
+    shifted = torch.zeros_like(region)
+    shifted[..., 2:] = 1.0
+    return image, aligned, torch.cat([1 - shifted, shifted], dim=1)
+
+
+def test_ms_is_zero_on_constant_and_positive_on_noisy_predictions() -> None:
+    image = torch.full((2, 2, 8, 8, 8), 0.7)
+    constant = torch.softmax(torch.randn(2, 3, 1, 1, 1).expand(2, 3, 8, 8, 8), dim=1)
+    assert float(mumford_shah_loss(image, constant)) == pytest.approx(0.0, abs=1e-7)
+    noisy = torch.softmax(torch.randn(2, 3, 8, 8, 8) * 3, dim=1)
+    assert float(mumford_shah_loss(image, noisy)) > 0.01
+
+
+def test_ms_takes_image_then_prediction() -> None:
+    image, aligned, shifted = two_region_case()
+    exact = float(mumford_shah_loss(image, aligned, beta=0.0))
+    assert exact == pytest.approx(0.0, abs=1e-6)
+    assert float(mumford_shah_loss(image, shifted, beta=0.0)) > 0.1
+    # The WSL4MIS/PA-Seg order (prediction, image) no longer rewards the exact segmentation.
+    assert float(mumford_shah_loss(aligned, image, beta=0.0)) > 0.1
+
+
+class FixedLogits(nn.Module):
+    """A "network" that predicts given logits whatever the input."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.fixed = nn.Parameter(logits)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.fixed.expand(image.shape[0], *self.fixed.shape[1:])
+
+
+def test_ms_plugin_scores_its_prediction_on_the_input_image() -> None:
+    image, aligned, shifted = two_region_case()
+    method = tiny_method("ms", "params.beta=0.0")
+    batch = Batch(image=image, target=torch.full((1, 8, 8, 8), IGNORE), case_ids=["a"],
+                  boxes=[(slice(0, 8),) * 3])
+    _, exact = method.loss(FixedLogits(40.0 * aligned), batch, StepInfo(0, 10))
+    _, wrong = method.loss(FixedLogits(40.0 * shifted), batch, StepInfo(0, 10))
+    assert exact["ms"] == pytest.approx(0.0, abs=1e-6)
+    assert wrong["ms"] > 0.1
+
+
+def test_ms_centroids_span_the_patch_and_the_length_term_includes_z() -> None:
+    slices = torch.arange(8.0).view(1, 1, 8, 1, 1).expand(1, 1, 8, 8, 8)  # constant within each slice
+    constant = torch.full((1, 2, 8, 8, 8), 0.5)
+    assert float(mumford_shah_loss(slices, constant, beta=0.0)) > 1.0  # per-slice centroids would give 0
+    along_z = torch.zeros(1, 2, 8, 8, 8)
+    along_z[:, 1, 4:] = 1.0
+    along_z[:, 0] = 1 - along_z[:, 1]
+    assert float(mumford_shah_loss(torch.zeros(1, 1, 8, 8, 8), along_z, beta=1.0)) > 0.0
+
+
+# -- USTM ------------------------------------------------------------------------------------------
+def test_ustm_threshold_and_mask_grow_monotonically() -> None:
+    thresholds = [uncertainty_threshold(t, 100, 4) for t in range(0, 120, 5)]
+    assert thresholds == sorted(thresholds)
+    assert thresholds[0] == pytest.approx((0.75 + 0.25 * math.exp(-5)) * math.log(4))
+    assert thresholds[-1] == pytest.approx(math.log(4))
+    uncertainty = torch.rand(1, 1, 8, 8, 8) * math.log(4)
+    masks = [uncertainty < th for th in thresholds]
+    for smaller, larger in zip(masks, masks[1:]):
+        assert bool((smaller <= larger).all())
+    assert int(masks[-1].sum()) > int(masks[0].sum())
+
+
+def test_ustm_consistency_compares_matching_orientations() -> None:
+    torch.manual_seed(0)
+    equivariant = nn.Conv3d(2, 3, kernel_size=1)  # commutes with rot90 in (y, x)
+    image = torch.randn(2, 2, 4, 8, 8)
+    with torch.no_grad():
+        student_logits = equivariant(image)
+    for k in range(4):
+        target, uncertainty = teacher_statistics(equivariant, image, k, passes=3, noise_std=0.0, noise_clip=0.2)
+        mask = (uncertainty < math.log(3)).float()
+        assert float(mask.sum()) > 0
+        assert float(masked_consistency(student_logits, k, target, mask)) == pytest.approx(0.0, abs=1e-10)
+    # Comparing the un-rotated student with the rotated teacher is not zero on this input.
+    target, _ = teacher_statistics(equivariant, image, 1, passes=1, noise_std=0.0, noise_clip=0.2)
+    assert float(masked_consistency(student_logits, 0, target, torch.ones_like(target[:, :1]))) > 1e-4
+
+
+def test_ustm_plugin_gives_zero_consistency_for_an_equivariant_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    method = tiny_method("ustm", "params.noise_std=0.0")
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv3d(2, 2, kernel_size=1))
+    batch = make_batch()
+    for k in range(4):
+        monkeypatch.setattr(method, "draw_rotation", lambda k=k: k)
+        _, parts = method.loss(model, batch, StepInfo(99, 100, teacher=copy.deepcopy(model)))
+        assert parts["mask_fraction"] > 0
+        assert parts["consistency"] == pytest.approx(0.0, abs=1e-10)
+    not_equivariant = nn.Conv3d(2, 2, kernel_size=3, padding=1)
+    monkeypatch.setattr(method, "draw_rotation", lambda: 1)
+    _, parts = method.loss(not_equivariant, batch, StepInfo(99, 100, teacher=copy.deepcopy(not_equivariant)))
+    assert parts["consistency"] > 1e-6
+
+
+def test_ustm_uncertainty_comes_from_stochastic_teacher_passes() -> None:
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Conv3d(2, 4, kernel_size=1), nn.Dropout3d(0.5), nn.Conv3d(4, 2, kernel_size=1))
+    teacher.train()
+    image = torch.randn(1, 2, 2, 4, 4)
+    target, uncertainty = teacher_statistics(teacher, image, 0, passes=8, noise_std=0.1, noise_clip=0.2)
+    single = entropy_of_probabilities(target).unsqueeze(1)
+    # Averaging disagreeing passes raises the entropy (concavity), everywhere at least a bit.
+    assert float((uncertainty - single).mean()) > 0
+    assert tiny_method("ustm").teacher_decay == 0.99
+    with pytest.raises(RuntimeError, match="teacher"):
+        tiny_method("ustm").loss(teacher, make_batch(), StepInfo(0, 10))
+
+
+# -- S2L -------------------------------------------------------------------------------------------
+def s2l_with_maps(stride: int = 1, classes: int = 3, *overrides: str):
+    method = tiny_method("s2l", f"params.ema_stride={stride}", *overrides)
+    model = method.build_network(2, classes)
+    trainer = FakeTrainer(method, model, make_volumes(2), classes)
+    method.setup(trainer)
+    return method, model, trainer
+
+
+def test_s2l_pseudo_labels_only_after_warmup() -> None:
+    method, model, _ = s2l_with_maps()
+    for grid in method.maps.values():
+        grid[1] = 0.95
+    batch = make_batch()
+    warmup = 10  # params.warmup 0.1 of 100 iterations
+    assert method.loss(model, batch, StepInfo(warmup - 1, 100))[1]["pseudo_fraction"] == 0.0
+    assert method.loss(model, batch, StepInfo(warmup, 100))[1]["pseudo_fraction"] > 0.5
+
+
+def test_s2l_pseudo_labels_above_threshold_never_overwrite_scribbles() -> None:
+    method, _, _ = s2l_with_maps()
+    generator = torch.Generator().manual_seed(0)
+    for case, grid in method.maps.items():
+        grid.copy_(torch.softmax(torch.randn(grid.shape, generator=generator) * 3, dim=0).half())
+    batch = make_batch()
+    pseudo = method.pseudo_labels(batch)
+    for i, case in enumerate(batch.case_ids):
+        average = method.maps[case].float()
+        confidence, label = average.max(dim=0)
+        unscribbled = batch.target[i] == IGNORE
+        expected = (confidence > 0.8) & unscribbled
+        assert 0 < int(expected.sum()) < int(unscribbled.sum())
+        assert torch.equal(pseudo[i] != IGNORE, expected)
+        assert torch.equal(pseudo[i][expected], label[expected])
+        assert bool((pseudo[i][~unscribbled] == IGNORE).all())
+
+
+def test_s2l_coarse_maps_are_cropped_with_the_batch_boxes() -> None:
+    shape = (6, 10, 10)
+    full = torch.rand(2, *shape)
+    assert torch.allclose(downsample(torch.full((2, *shape), 0.3), (2, 4, 4)), torch.full((2, 3, 3, 3), 0.3))
+    coarse = full[:, ::2, ::2, ::2]
+    box = (slice(1, 5), slice(3, 9), slice(0, 10))
+    crop = crop_grid(coarse, box, shape, (2, 2, 2))
+    z, y, x = (np.arange(*sl.indices(n)) // 2 for sl, n in zip(box, shape))
+    assert crop.shape == (2, 4, 6, 10)
+    assert torch.equal(crop, coarse[:, z][:, :, y][:, :, :, x])
+
+
+def test_s2l_ema_updates_every_period_in_eval_mode_without_touching_batchnorm() -> None:
+    method, model, trainer = s2l_with_maps(2)
+    model.train()
+    modes: list[bool] = []
+    model.register_forward_pre_hook(lambda module, args: modes.append(module.training))
+    bn_before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
+    method.after_step(trainer, 0)  # period 0.01 of 100 = every iteration
+    assert modes and not any(modes), "the EMA update must run the model in eval mode"
+    assert model.training, "training mode is restored"
+    for key, value in model.state_dict().items():
+        if key in bn_before:
+            assert torch.equal(value, bn_before[key]), key
+    alpha = method.params["alpha"]
+    for case, volume in trainer.volumes.items():
+        expected = alpha * downsample(trainer.predict_probabilities(volume.image), method.stride)
+        assert torch.allclose(method.maps[case].float(), expected, atol=2e-3)  # deterministic in eval
+
+
+def test_s2l_ema_follows_the_recursion_and_survives_a_resume() -> None:
+    method, model, trainer = s2l_with_maps(1, 3, "params.period=5")
+    p1, p2 = torch.rand(3, *PATCH), torch.rand(3, *PATCH)
+    outputs = iter([p1, p1, p2, p2])
+    trainer.predict_probabilities = lambda image, model=None: next(outputs)
+    for iteration in range(10):
+        method.after_step(trainer, iteration)
+    alpha = method.params["alpha"]
+    expected = alpha * p2 + (1 - alpha) * alpha * p1
+    assert method.updates == 2
+    assert torch.allclose(method.maps["case_0"].float(), expected, atol=2e-3)
+    resumed = tiny_method("s2l", "params.ema_stride=1", "params.period=5")
+    resumed.load_state_dict(copy.deepcopy(method.state_dict()))
+    resumed.setup(trainer)
+    assert resumed.updates == 2
+    assert all(torch.equal(resumed.maps[c], method.maps[c]) for c in method.maps)
+
+
+# -- DMSPS -----------------------------------------------------------------------------------------
+def test_dmsps_mixed_label_lies_between_the_two_decoders() -> None:
+    p1 = torch.softmax(torch.randn(2, 3, 4, 4, 4, requires_grad=True), dim=1)
+    p2 = torch.softmax(torch.randn(2, 3, 4, 4, 4), dim=1)
+    for alpha in (0.0, 0.3, 1.0):
+        q = mixed_soft_label(p1, p2, alpha)
+        assert not q.requires_grad
+        assert bool((q >= torch.minimum(p1, p2) - 1e-7).all() and (q <= torch.maximum(p1, p2) + 1e-7).all())
+        assert torch.allclose(q.sum(dim=1), torch.ones(2, 4, 4, 4))
+
+
+def test_dmsps_network_and_loss_follow_the_reference_form() -> None:
+    torch.manual_seed(0)
+    method = tiny_method("dmsps")
+    model = method.build_network(2, 3)
+    assert isinstance(model, DualDecoderVNet) and model.size_divisor == 16
+    assert model.encoder.widths[0] == 2 and len(model.encoder.widths) == 5
+    model.eval()  # deterministic decoders, to recompute the loss by hand
+    batch = make_batch()
+    assert torch.equal(method.logits(model, batch.image), model.both(batch.image)[0])
+    loss, parts = method.loss(model, batch, StepInfo(0, 100))
+    with torch.no_grad():
+        main, aux = model.both(batch.image)
+    p_main, p_aux = torch.softmax(main, 1), torch.softmax(aux, 1)
+    q = parts["alpha"] * p_main + (1 - parts["alpha"]) * p_aux
+    double_softmax_ce = 0.5 * sum(-(q * F.log_softmax(p, 1)).sum(1).mean() for p in (p_main, p_aux))
+    assert parts["mixed_ce"] == pytest.approx(float(double_softmax_ce), rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(parts["pce"] + 8.0 * parts["mixed_ce"], rel=1e-5)
+
+
+def stage2_case() -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """Mean-softmax maps with a large and a small confident class-1 blob, an uncertain slab, and scribbles."""
+    shape = (4, 12, 12)
+    logits = torch.zeros(3, *shape)
+    logits[0] = 8.0                      # confident background everywhere ...
+    logits[:, :, 2:6, 2:6] = torch.tensor([0.0, 8.0, 0.0]).view(3, 1, 1, 1)   # large class-1 blob
+    logits[:, :, 9:11, 9:11] = torch.tensor([0.0, 8.0, 0.0]).view(3, 1, 1, 1)  # small class-1 blob
+    logits[:, :, :, 7] = 0.0             # ... except an uncertain slab (uniform)
+    probs = torch.softmax(logits, dim=0)
+    uncertainty = (entropy_of_probabilities(probs, dim=0) / math.log(3)).numpy()
+    scribble = np.full(shape, IGNORE, np.uint8)
+    scribble[1, 3, 7] = 2                # on an uncertain voxel
+    scribble[1, 3, 3] = 0                # contradicting the prediction
+    return probs, scribble, uncertainty
+
+
+@pytest.mark.parametrize("uncertain_label", ["background", "ignore"])
+def test_dmsps_stage2_keeps_scribbles_and_only_low_uncertainty_voxels(uncertain_label: str) -> None:
+    probs, scribble, uncertainty = stage2_case()
+    labels = stage2_labels(probs, scribble, 0.3, uncertain_label)
+    scribbled = scribble != IGNORE
+    assert np.array_equal(labels[scribbled], scribble[scribbled])
+    foreground = (labels > 0) & (labels != IGNORE) & ~scribbled
+    assert foreground.any() and (uncertainty[foreground] < 0.3).all()
+    assert (labels[:, 9:11, 9:11] != 1).all(), "only the largest component of a class is kept"
+    assert (labels[:, 2:6, 2:6][~scribbled[:, 2:6, 2:6]] == 1).all()
+    uncertain = (uncertainty >= 0.3) & ~scribbled
+    assert uncertain.any()
+    assert (labels[uncertain] == (0 if uncertain_label == "background" else IGNORE)).all()
+    if uncertain_label == "ignore":
+        assert (uncertainty[(labels != IGNORE) & ~scribbled] < 0.3).all()
+        assert (labels[:, 9:11, 9:11] == IGNORE).all()
+
+
+def test_dmsps_switches_to_stage2_once_and_keeps_the_labels_across_a_resume() -> None:
+    torch.manual_seed(0)
+    method = tiny_method("dmsps", "params.uncertainty_threshold=1.01")  # keep every voxel: testable
+    model = method.build_network(2, 2)
+    volumes = make_volumes(2)
+    scribbles = {c: v.target.copy() for c, v in volumes.items()}
+    trainer = FakeTrainer(method, model, volumes, 2, max_iterations=10)
+    aux_calls: list[bool] = []
+    model.aux_decoder.register_forward_pre_hook(lambda module, args: aux_calls.append(module.training))
+    for iteration in range(4):
+        method.after_step(trainer, iteration)
+    assert method.stage == 1 and not aux_calls
+    assert all(np.array_equal(v.target, scribbles[c]) for c, v in volumes.items())
+    method.after_step(trainer, 4)  # stage1_fraction 0.5 of 10 iterations
+    assert method.stage == 2 and trainer.optimizer_resets == [None]
+    assert aux_calls and not any(aux_calls), "stage-2 labels use both decoders, in eval mode"
+    for case, volume in volumes.items():
+        scribbled = scribbles[case] != IGNORE
+        assert np.array_equal(volume.target[scribbled], scribbles[case][scribbled])
+        assert (volume.target != IGNORE).all()
+        model.eval()
+        with torch.no_grad():
+            main, aux = model.both(torch.from_numpy(volume.image)[None])
+        model.train()
+        expected = (torch.softmax(main, 1) + torch.softmax(aux, 1))[0].argmax(0).numpy()
+        components, _ = ndimage.label(expected == 1)
+        largest = components == np.bincount(components[components > 0]).argmax()
+        assert np.array_equal(volume.target[~scribbled], largest[~scribbled].astype(np.uint8))
+    labels = {c: v.target.copy() for c, v in volumes.items()}
+    method.after_step(trainer, 5)
+    assert trainer.optimizer_resets == [None], "stage 2 starts once"
+
+    fresh_volumes = make_volumes(2)
+    resumed = tiny_method("dmsps", "params.uncertainty_threshold=1.01")
+    state = method.state_dict()
+    assert all(t.dtype == torch.uint8 for t in (p["data"] for p in state["labels"].values()))
+    resumed.load_state_dict(copy.deepcopy(state))
+    resumed.setup(FakeTrainer(resumed, model, fresh_volumes, 2, max_iterations=10))
+    assert resumed.stage == 2
+    assert all(np.array_equal(fresh_volumes[c].target, labels[c]) for c in labels)
