@@ -14,31 +14,34 @@ import sys
 from cmfnet import __version__
 from cmfnet.errors import InputError
 
-# module that owns each subcommand, in the order the pipeline uses them
-COMMAND_MODULES = (
-    "cmfnet.synth",
-    "cmfnet.scribbles",
-    "cmfnet.importers",
-    "cmfnet.validate",
-    "cmfnet.engine",
-    "cmfnet.inference",
-    "cmfnet.metrics",
-    "cmfnet.tables",
-)
+# subcommand -> the module that owns it, in the order the pipeline uses them
+COMMANDS = {
+    "synth": "cmfnet.synth",
+    "scribble": "cmfnet.scribbles",
+    "import": "cmfnet.importers",
+    "validate": "cmfnet.validate",
+    "train": "cmfnet.engine",
+    "predict": "cmfnet.inference",
+    "evaluate": "cmfnet.metrics",
+    "tables": "cmfnet.tables",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The full parser, or (``only``) one subcommand's, so ``cmfnet synth`` need not import torch."""
     parser = argparse.ArgumentParser(
         prog="cmfnet", description="Benchmark suite for scribble-supervised 3D cross-modal segmentation.")
     parser.add_argument("--version", action="version", version=f"cmfnet {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).add_parser(subparsers)
+    for command, module in COMMANDS.items():
+        if only is None or command == only:
+            importlib.import_module(module).add_parser(subparsers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv[0] if argv and argv[0] in COMMANDS else None).parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except InputError as err:

@@ -581,11 +581,16 @@ def splits_for(kind: str, cases: list[str], folds: int = 5) -> list[dict[str, li
     return splits
 
 
+MARKER = ".cmfnet-synth"
+
+
 def _check_out(out: Path) -> None:
     """Refuse to replace anything but an earlier synthetic dataset: atomic_dir swaps whole folders."""
     if out.exists() and not out.is_dir():
         raise InputError(out, "exists and is not a directory")
     if out.is_dir() and any(out.iterdir()):
+        if (out / MARKER).is_file():  # dataset.json may be gone: Snakemake deletes outputs before a rerun
+            return
         try:
             provenance = json.loads((out / "dataset.json").read_text()).get("provenance", {})
         except (OSError, ValueError, AttributeError):
@@ -631,6 +636,7 @@ def synthesize(kind: str, n_cases: int, out: Path, seed: int = 0,
                 write_image(arrays[name], tmp / "imagesTr" / f"{case}_{channel:04d}.nii.gz", geometry)
             write_image(arrays["label"], tmp / "labelsTr" / f"{case}.nii.gz", geometry)
         write_json(meta, tmp / "dataset.json")
+        (tmp / MARKER).write_text("made by cmfnet synth; safe for cmfnet synth to replace\n")
     return out
 
 

@@ -255,10 +255,7 @@ def test_empty_prediction_folder_is_an_input_error(tmp_path: Path) -> None:
 
 # -- CLI -----------------------------------------------------------------------------------------
 @pytest.fixture
-def evaluate_cli(monkeypatch: pytest.MonkeyPatch):
-    """cmfnet.cli.main with only this module's subcommand registered, so the test does not depend
-    on the other subcommands' modules being present."""
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ("cmfnet.metrics",))
+def evaluate_cli():
     return cli.main
 
 

@@ -301,3 +301,11 @@ def test_regenerating_replaces_an_earlier_synthetic_dataset(tmp_path: Path) -> N
 def test_unknown_kind_is_an_input_error(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="unknown synthetic dataset"):
         synth.synthesize("brats", 6, tmp_path / "ds")
+
+
+def test_rerun_after_snakemake_deleted_dataset_json(tmp_path: Path) -> None:
+    """Snakemake deletes a rule's declared output (dataset.json) before re-running it."""
+    out = synth.synthesize("npc", 6, tmp_path / "ds", seed=0, shape=(16, 32, 32), folds=3)
+    (out / "dataset.json").unlink()
+    synth.synthesize("npc", 6, out, seed=1, shape=(16, 32, 32), folds=3)
+    assert json.loads((out / "dataset.json").read_text())["provenance"]["seed"] == 1
