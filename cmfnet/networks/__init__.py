@@ -41,3 +41,4 @@ def count_parameters(model: nn.Module) -> int:
 
 # Importing the modules registers their constructors.
 from cmfnet.networks import vnet  # noqa: E402,F401
+from cmfnet.networks import cmfnet  # noqa: E402,F401

@@ -1,0 +1,344 @@
+"""CmFNet: network shapes and options, parameter counts, the hybrid-supervision plugin and its cards."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cmfnet.errors import InputError
+from cmfnet.method import Batch, StepInfo, load_card, load_method, method_ids
+from cmfnet.networks import build_network, count_parameters
+from cmfnet.networks.cmfnet import CmFNet
+
+METHODS = Path(__file__).resolve().parents[1] / "methods"
+CONVS = (3, 4, 5, 6)
+#: Table IV's "Params" column for CTn / MRn
+PAPER_PARAMS_M = {3: 7.94, 4: 19.57, 5: 35.57, 6: 51.56}
+
+
+# -- parameter counts written out from the layer definitions ------------------------------------
+def conv(kernel: int, c_in: int, c_out: int) -> int:
+    return kernel ** 3 * c_in * c_out + c_out  # weights + bias
+
+
+def conv_block(c_in: int, c_out: int) -> int:
+    return conv(3, c_in, c_out) + 2 * c_out  # 3x3x3 conv + BatchNorm (ReLU has no parameters)
+
+
+def resample(c_in: int, c_out: int) -> int:
+    return conv(2, c_in, c_out) + 2 * c_out  # stride-2 (transposed) conv + BatchNorm
+
+
+def vnet_params(in_ch: int, classes: int, width: int, n_convs: int, downsamplings: int) -> int:
+    """One V-Net with ``n_convs`` convolutions in every encoder and decoder stage."""
+    w = [width * 2 ** i for i in range(downsamplings + 1)]
+    encoder = sum(conv_block(in_ch if i == 0 else w[i], w[i]) + (n_convs - 1) * conv_block(w[i], w[i])
+                  for i in range(downsamplings + 1))
+    downs = sum(resample(w[i], w[i + 1]) for i in range(downsamplings))
+    ups = sum(resample(w[i + 1], w[i]) for i in range(downsamplings))
+    decoder = sum(n_convs * conv_block(w[i], w[i]) for i in range(downsamplings))
+    return encoder + downs + ups + decoder + conv(1, w[0], classes)
+
+
+def cmfnet_params(classes: int, width: int, ct: int, mr: int, mm_convs: int = 3, cfe: bool = True,
+                  cff: bool = True) -> int:
+    total = vnet_params(1, classes, width, ct, min(ct, 4)) + vnet_params(1, classes, width, mr, min(mr, 4))
+    if not cfe:
+        return total
+    w = [width * 2 ** i for i in range(5)]
+    fusion = sum(conv(3, 2 * w[s], w[s]) + w[s] for s in ((1, 2, 3) if cff else (3,)))  # conv + PReLU
+    enhancement = conv(2, w[3], w[4]) + w[4] + 3 * conv_block(w[4], w[4])  # DownConv + PReLU, 3 modules
+    decoder = sum(resample(w[i + 1], w[i]) + mm_convs * conv_block(w[i], w[i]) for i in range(4))
+    return total + fusion + enhancement + decoder + conv(1, w[0], classes)
+
+
+def test_single_branch_parameter_counts_at_the_paper_width_follow_the_formula() -> None:
+    print("\nTable IV variant  ours (M)  paper (M)")
+    for n in CONVS:
+        model = build_network({"arch": "vnet", "width": 16, "n_convs": n, "downsamplings": min(n, 4)}, 1, 2)
+        ours = count_parameters(model)
+        assert ours == vnet_params(1, 2, 16, n, min(n, 4))
+        print(f"CT{n}/MR{n}          {ours / 1e6:8.2f}  {PAPER_PARAMS_M[n]:9.2f}")
+
+
+@pytest.mark.parametrize("ct, mr, cfe, cff", [(3, 4, True, True), (6, 3, True, False), (3, 4, False, False)])
+def test_cmfnet_parameter_count_follows_the_formula(ct: int, mr: int, cfe: bool, cff: bool) -> None:
+    model = CmFNet(2, 2, width=16, ct_convs=ct, mr_convs=mr, cfe=cfe, cff=cff)
+    assert count_parameters(model) == cmfnet_params(2, 16, ct, mr, cfe=cfe, cff=cff)
+
+
+# -- network -------------------------------------------------------------------------------------
+def test_all_sixteen_branch_combinations_give_full_size_logits() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 2, 16, 16, 16)
+    for ct, mr in itertools.product(CONVS, CONVS):
+        model = build_network({"arch": "cmfnet", "width": 2, "ct_convs": ct, "mr_convs": mr}, 2, 3)
+        assert model.size_divisor == 16
+        assert len(model.ct.encoder.stages) == min(ct, 4) + 1 and len(model.mr.encoder.stages) == min(mr, 4) + 1
+        assert all(len(stage) == 3 * ct for stage in model.ct.encoder.stages)  # conv, norm, act per conv
+        out = model(x)
+        assert set(out) == {"y_ct", "y_mr", "y_mm"}
+        for name, y in out.items():
+            assert y.shape == (2, 3, 16, 16, 16), (ct, mr, name)
+
+
+def test_one_channel_input_feeds_both_branches() -> None:
+    torch.manual_seed(0)
+    model = CmFNet(1, 2, width=2, ct_convs=4, mr_convs=4).eval()
+    model.mr.load_state_dict(model.ct.state_dict())  # identical branches: identical outputs expected
+    ct_only = torch.randn(1, 1, 16, 16, 16)
+    out = model(ct_only)
+    torch.testing.assert_close(out["y_ct"], out["y_mr"])
+    both = model(torch.cat([ct_only, ct_only], dim=1))
+    for name in out:
+        torch.testing.assert_close(out[name], both[name])
+
+
+def test_mfl_has_no_cross_modal_branch_and_predicts_with_the_ct_branch() -> None:
+    model = CmFNet(2, 2, width=2, cfe=False, cff=False).eval()
+    out = model(torch.randn(1, 2, 16, 16, 16))
+    assert out["y_mm"] is out["y_ct"]
+    assert not hasattr(model, "cfe") and len(model.fuse) == 0
+    assert model.size_divisor == 16  # the MR4 branch
+
+
+def test_cfe_without_cff_fuses_only_stage_three_and_decodes_without_skips() -> None:
+    model = CmFNet(2, 2, width=2, cfe=True, cff=False)
+    assert sorted(model.fuse) == ["3"] and model.skip_stages == ()
+    full = CmFNet(2, 2, width=2)
+    assert sorted(full.fuse) == ["1", "2", "3"] and full.skip_stages == (1, 2, 3)
+
+
+@pytest.mark.parametrize("options, message", [({"cfe": False, "cff": True}, "cff=True needs cfe"),
+                                              ({"ct_downsamplings": 2}, "at least 3 downsamplings")])
+def test_inconsistent_options_are_refused(options: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        CmFNet(2, 2, width=2, **options)
+
+
+def test_three_channel_input_is_refused() -> None:
+    with pytest.raises(ValueError, match="input channels"):
+        CmFNet(3, 2, width=2)
+
+
+# -- the hybrid-supervision plugin ---------------------------------------------------------------
+def tiny_method(*overrides: str, card: str = "cmfnet.yaml"):  # noqa: ANN201 - a Method
+    return load_method(load_card(METHODS / card, ["network.width=2", *overrides]))
+
+
+def scribble_batch(channels: int = 2, seed: int = 0) -> Batch:
+    generator = torch.Generator().manual_seed(seed)
+    image = torch.randn(2, channels, 16, 16, 16, generator=generator)
+    target = torch.full((2, 16, 16, 16), 255, dtype=torch.long)
+    target[:, 8, 8, 2:14] = 1
+    target[:, 8, 1, 2:14] = 0
+    return Batch(image=image, target=target, case_ids=["a", "b"], boxes=[(slice(0, 16),) * 3] * 2)
+
+
+STEP = StepInfo(0, 10, extras={"spacing": (3.0, 1.25, 1.25)})
+
+
+def gradients(model: torch.nn.Module, part: str) -> dict[str, float]:
+    """Largest |grad| in each of the network's parts (ct, mr, the cross-modal modules)."""
+    out: dict[str, float] = {}
+    for name, param in model.named_parameters():
+        if name.startswith(part):
+            out[name] = 0.0 if param.grad is None else float(param.grad.abs().max())
+    return out
+
+
+@pytest.mark.parametrize("term, overrides", [
+    ("ssl", ["params.use_imr=false", "params.use_imc=false"]),
+    ("imr_ct", ["params.use_ssl=false", "params.use_imc=false", "params.lambda_mr=0"]),
+    ("imr_mr", ["params.use_ssl=false", "params.use_imc=false", "params.lambda_ct=0"]),
+    ("imc", ["params.use_ssl=false", "params.use_imr=false"]),
+])
+def test_each_loss_term_alone_trains_the_network(term: str, overrides: list[str]) -> None:
+    torch.manual_seed(0)
+    method = tiny_method(*overrides)
+    model = method.build_network(2, 2)
+    loss, parts = method.loss(model, scribble_batch(), STEP)
+    assert set(parts) == {term}
+    assert torch.isfinite(loss) and loss.item() > 0
+    loss.backward()
+    branch_grads = max(gradients(model, "ct.").values()) + max(gradients(model, "mr.").values())
+    cross_modal_grads = max(gradients(model, "mm_decoder.").values())
+    assert branch_grads > 0
+    if term == "imc":  # y_mm is the detached reference: only the modality branches learn from it
+        assert cross_modal_grads == 0
+    else:
+        assert cross_modal_grads > 0
+
+
+def test_default_loss_is_the_sum_of_its_parts_with_the_papers_weights() -> None:
+    torch.manual_seed(0)
+    method = tiny_method()
+    assert {k: method.params[k] for k in ("lambda_ct", "lambda_mr", "alpha1", "alpha2")} == \
+        {"lambda_ct": 0.2, "lambda_mr": 0.2, "alpha1": 0.8, "alpha2": 0.8}
+    model = method.build_network(2, 2)
+    loss, parts = method.loss(model, scribble_batch(), STEP)
+    assert set(parts) == {"ssl", "imr_ct", "imr_mr", "imc"}
+    assert loss.item() == pytest.approx(sum(parts.values()), rel=1e-6)
+    assert parts["imr_ct"] != pytest.approx(parts["imr_mr"])  # different intensities, different kernels
+
+
+def test_one_channel_input_uses_ct_for_both_crf_terms() -> None:
+    torch.manual_seed(0)
+    method = tiny_method("params.use_ssl=false", "params.use_imc=false")
+    _, parts = method.loss(method.build_network(1, 2), scribble_batch(channels=1), STEP)
+    assert parts["imr_ct"] == pytest.approx(parts["imr_mr"])
+
+
+def test_imc_is_eq8_on_softmax_probabilities() -> None:
+    torch.manual_seed(0)
+    method = tiny_method("params.use_ssl=false", "params.use_imr=false", "params.alpha1=0.3",
+                         "params.alpha2=0.6")
+    model = method.build_network(2, 2).eval()  # no dropout: two forwards agree
+    batch = scribble_batch()
+    _, parts = method.loss(model, batch, STEP)
+    with torch.no_grad():
+        p = {k: torch.softmax(v, 1) for k, v in model(batch.image).items()}
+    expected = 0.3 * ((p["y_mm"] - p["y_ct"]) ** 2).mean() + 0.6 * ((p["y_mm"] - p["y_mr"]) ** 2).mean()
+    assert parts["imc"] == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_mfl_trains_both_branches_with_ssl_and_mutual_consistency_and_skips_imr() -> None:
+    torch.manual_seed(0)
+    method = tiny_method("network.cfe=false", "network.cff=false")
+    model = method.build_network(2, 2).eval()
+    batch = scribble_batch()
+    _, parts = method.loss(model, batch, STEP)
+    assert set(parts) == {"ssl", "imc"}
+    with torch.no_grad():
+        out = model(batch.image)
+        p_ct, p_mr = torch.softmax(out["y_ct"], 1), torch.softmax(out["y_mr"], 1)
+    expected_ssl = sum(F.cross_entropy(out[k], batch.target, ignore_index=255).item() for k in ("y_ct", "y_mr"))
+    assert parts["ssl"] == pytest.approx(expected_ssl, rel=1e-5)
+    assert parts["imc"] == pytest.approx(0.8 * ((p_ct - p_mr) ** 2).mean().item(), rel=1e-5)
+
+
+def test_mask_supervision_makes_ssl_plain_cross_entropy() -> None:
+    torch.manual_seed(0)
+    method = tiny_method("params.use_imr=false", "params.use_imc=false", card="cmfnet_fullmask.yaml")
+    assert method.card.supervision == "mask"
+    model = method.build_network(2, 2).eval()
+    batch = scribble_batch()
+    batch.target = torch.randint(0, 2, batch.target.shape, generator=torch.Generator().manual_seed(1))
+    _, parts = method.loss(model, batch, STEP)
+    with torch.no_grad():
+        expected = sum(F.cross_entropy(y, batch.target).item() for y in model(batch.image).values())
+    assert parts["ssl"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_plain_vnet_gets_pce_and_optional_crf() -> None:
+    torch.manual_seed(0)
+    method = load_method(load_card(METHODS / "table4.yaml", variant="ct3"))
+    model = method.build_network(1, 2)
+    batch = scribble_batch(channels=1)
+    loss, parts = method.loss(model, batch, STEP)
+    assert set(parts) == {"ssl"}
+    with_crf = load_method(load_card(METHODS / "table4.yaml", ["params.use_imr=true"], variant="mr3"))
+    _, parts = with_crf.loss(model, batch, STEP)
+    assert set(parts) == {"ssl", "imr_ct", "imr_mr"}
+
+
+def test_logits_return_the_requested_head() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(1, 2, 16, 16, 16)
+    for output in ("mm", "ct", "mr"):
+        method = tiny_method(f"params.output={output}")
+        model = method.build_network(2, 2).eval()
+        torch.testing.assert_close(method.logits(model, x), model(x)[f"y_{output}"])
+    vnet_method = load_method(load_card(METHODS / "table4.yaml", ["params.output=ct"], variant="ct3"))
+    with pytest.raises(ValueError, match="single output"):
+        vnet_method.logits(vnet_method.build_network(1, 2).eval(), x[:, :1])
+
+
+def test_spacing_falls_back_to_the_param_and_is_required() -> None:
+    torch.manual_seed(0)
+    no_spacing = StepInfo(0, 10)
+    method = tiny_method()
+    with pytest.raises(InputError, match="spacing"):
+        method.loss(method.build_network(2, 2), scribble_batch(), no_spacing)
+    fallback = tiny_method("params.spacing=[3.0, 1.25, 1.25]")
+    model = fallback.build_network(2, 2).eval()
+    _, from_param = fallback.loss(model, scribble_batch(), no_spacing)
+    _, from_engine = fallback.loss(model, scribble_batch(), STEP)
+    assert from_param["imr_ct"] == pytest.approx(from_engine["imr_ct"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("params.output=both", "params.output"), ("params.lambda_ct=-1", "lambda_ct"),
+    ("params.crf_downsample=[2, 2]", "crf_downsample"), ("params.spacing=[1, 1]", "spacing"),
+    ("params.unknown=1", "unknown params"),
+])
+def test_bad_params_are_refused(override: str, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        tiny_method(override)
+
+
+def test_switching_every_term_off_is_refused() -> None:
+    with pytest.raises(InputError, match="every loss term"):
+        tiny_method("params.use_ssl=false", "params.use_imr=false", "params.use_imc=false")
+
+
+# -- cards ---------------------------------------------------------------------------------------
+def test_cmfnet_cards_share_the_base_network_params_and_training_block() -> None:
+    base = load_card(METHODS / "cmfnet.yaml")
+    assert (base.name, base.fusion, base.scribble_variant, base.train) == ("CmFNet", "cross-modal", "sim", {})
+    assert base.network["dropout"] == 0.5 and (base.network["ct_convs"], base.network["mr_convs"]) == (3, 4)
+    for card, differs in (("cmfnet_autobg.yaml", {"scribble_variant": "autobg", "name": "CmFNet (AutoBG)"}),
+                          ("cmfnet_fullmask.yaml", {"supervision": "mask"})):
+        other = load_card(METHODS / card)
+        assert (other.network, other.params, other.plugin, other.train) == \
+            (base.network, base.params, base.plugin, base.train)
+        for key, value in differs.items():
+            assert getattr(other, key) == value
+
+
+@pytest.mark.parametrize("stem, count", [("table4", 8), ("table5", 32), ("table6", 3), ("table7", 4),
+                                         ("fig6_lambda", 6), ("fig6_alpha", 6)])
+def test_variant_files_expand_and_every_variant_loads(stem: str, count: int) -> None:
+    ids = method_ids(METHODS / f"{stem}.yaml")
+    assert len(ids) == count
+    for method_id in ids:
+        card = load_card(METHODS / f"{stem}.yaml", variant=method_id.split(".", 1)[1])
+        assert card.table == stem and card.train == {}
+        load_method(card)
+
+
+def test_table4_variants_are_single_channel_vnets_with_min_n_4_downsamplings() -> None:
+    for modality, channel in (("ct", 0), ("mr", 1)):
+        for n in CONVS:
+            card = load_card(METHODS / "table4.yaml", variant=f"{modality}{n}")
+            assert card.channels == [channel]
+            assert card.network == {"arch": "vnet", "width": 16, "n_convs": n, "downsamplings": min(n, 4),
+                                    "dropout": 0.5}
+            assert not card.params["use_imr"] and not card.params["use_imc"]
+
+
+def test_sweeps_set_both_weights_together() -> None:
+    lambdas = [load_card(METHODS / "fig6_lambda.yaml", variant=v.split(".")[1]).params
+               for v in method_ids(METHODS / "fig6_lambda.yaml")]
+    assert [p["lambda_ct"] for p in lambdas] == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4, 0.5])
+    assert all(p["lambda_ct"] == p["lambda_mr"] for p in lambdas)
+    alphas = [load_card(METHODS / "fig6_alpha.yaml", variant=v.split(".")[1]).params
+              for v in method_ids(METHODS / "fig6_alpha.yaml")]
+    assert [p["alpha1"] for p in alphas] == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    assert all(p["alpha1"] == p["alpha2"] for p in alphas)
+
+
+def test_ablation_rows_switch_the_right_modules_and_terms() -> None:
+    rows = {v: load_card(METHODS / "table6.yaml", variant=v).network for v in ("mfl", "mfl_cfe", "mfl_cfe_cff")}
+    assert [(n["cfe"], n["cff"]) for n in rows.values()] == [(False, False), (True, False), (True, True)]
+    terms = {v: load_card(METHODS / "table7.yaml", variant=v).params
+             for v in ("ssl", "ssl_imr", "ssl_imc", "ssl_imr_imc")}
+    assert [(p["use_ssl"], p["use_imr"], p["use_imc"]) for p in terms.values()] == \
+        [(True, False, False), (True, True, False), (True, False, True), (True, True, True)]
+    grid = load_card(METHODS / "table5.yaml", variant="ct6_mr4_ymr")
+    assert (grid.network["ct_convs"], grid.network["mr_convs"], grid.network["cfe"]) == (6, 4, False)
+    assert (grid.params["output"], grid.params["use_imr"], grid.params["use_imc"]) == ("mr", False, True)
