@@ -16,7 +16,8 @@ from cmfnet import cli
 from cmfnet.io import Geometry, read_image
 from cmfnet.preprocess import CaseVolumes, PreprocessConfig, preprocess_case
 from cmfnet.splits import kfold_splits
-from cmfnet.validate import nifti_problem, validate_dataset
+from cmfnet.io import nifti_problem
+from cmfnet.validate import validate_dataset
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 if not REAL.is_dir():
