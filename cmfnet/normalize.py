@@ -33,6 +33,8 @@ def normalize_channel(array: np.ndarray, spec: dict[str, Any] | None) -> np.ndar
         return (np.clip(array, lo, hi) - lo) / float(hi - lo)
     if scheme == "zscore":
         mask_kind = spec.get("mask", "all")
+        if mask_kind not in ("all", "nonzero"):
+            raise ValueError(f"unknown z-score mask '{mask_kind}' (expected 'all' or 'nonzero')")
         mask = array != 0 if mask_kind == "nonzero" else np.ones(array.shape, bool)
         if not mask.any():
             mask = np.ones(array.shape, bool)

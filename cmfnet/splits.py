@@ -6,6 +6,8 @@ training for model selection; test cases are touched only by prediction and eval
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from sklearn.model_selection import KFold
 
@@ -19,8 +21,10 @@ def kfold_splits(cases: list[str], folds: int = 5, val_fraction: float = 0.1,
     """
     if folds < 2:
         raise ValueError("cross-validation needs at least 2 folds")
-    if len(cases) < folds + 1:
-        raise ValueError(f"{len(cases)} cases are too few for {folds}-fold cross-validation with validation")
+    largest_test = math.ceil(len(cases) / folds)
+    if folds > len(cases) or len(cases) - largest_test < 2:
+        raise ValueError(f"{len(cases)} cases are too few for {folds}-fold cross-validation: every fold "
+                         f"needs a test case, a training case and a validation case")
     ordered = sorted(cases)
     rng = np.random.default_rng(seed)
     out = []

@@ -146,3 +146,27 @@ def test_channel_selection_trains_on_one_modality(tmp_path: Path, tiny_dataset: 
     assert meta["channel_names"] == ["MR"]
     first_conv = next(trainer.model.parameters())
     assert first_conv.shape[1] == 1
+
+
+def test_kfold_refuses_folds_without_a_training_case() -> None:
+    from cmfnet.splits import check_splits, kfold_splits
+
+    with pytest.raises(ValueError, match="too few"):
+        kfold_splits(["a", "b", "c"], folds=2)
+    splits = kfold_splits(["a", "b", "c"], folds=3)  # leave-one-out: one train, one val, one test
+    assert not check_splits(["a", "b", "c"], splits)
+    assert all(len(s["train"]) == 1 and len(s["val"]) == 1 for s in splits)
+
+
+def test_atomic_writes_respect_the_umask(tmp_path: Path) -> None:
+    import os
+
+    from cmfnet.io import atomic_dir, write_json
+
+    write_json({"a": 1}, tmp_path / "x.json")
+    with atomic_dir(tmp_path / "folder") as tmp:
+        (tmp / "f").write_text("x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (tmp_path / "folder").stat().st_mode & 0o777 == 0o777 & ~umask
