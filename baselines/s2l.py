@@ -68,7 +68,7 @@ class Scribble2Label(Method):
         "threshold": 0.8,      # tau (official code and WSL4MIS, per class)
         "pseudo_weight": 0.5,  # official code and WSL4MIS
         "warmup": 0.1,         # WSL4MIS: 6000 of 60000 iterations
-        "period": 0.01,        # one whole-set update per 1% of training (see docs/baselines.md)
+        "period": 0.05,        # one whole-set update per 5% of training (see docs/baselines.md)
         "ema_stride": 2,       # int or [z, y, x]: coarser grid of the float16 EMA maps
     }
 

@@ -397,12 +397,12 @@ def test_s2l_coarse_maps_are_cropped_with_the_batch_boxes() -> None:
 
 
 def test_s2l_ema_updates_every_period_in_eval_mode_without_touching_batchnorm() -> None:
-    method, model, trainer = s2l_with_maps(2)
+    method, model, trainer = s2l_with_maps(2, 3, "params.period=1")
     model.train()
     modes: list[bool] = []
     model.register_forward_pre_hook(lambda module, args: modes.append(module.training))
     bn_before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
-    method.after_step(trainer, 0)  # period 0.01 of 100 = every iteration
+    method.after_step(trainer, 0)  # period 1 = every iteration
     assert modes and not any(modes), "the EMA update must run the model in eval mode"
     assert model.training, "training mode is restored"
     for key, value in model.state_dict().items():
