@@ -170,3 +170,48 @@ def test_atomic_writes_respect_the_umask(tmp_path: Path) -> None:
     os.umask(umask)
     assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o666 & ~umask
     assert (tmp_path / "folder").stat().st_mode & 0o777 == 0o777 & ~umask
+
+
+@pytest.mark.parametrize("downsamplings,n_convs", [(3, 3), (4, (1, 2, 3, 3, 3)), (4, 5)])
+def test_vnet_keeps_the_input_shape(downsamplings: int, n_convs: object) -> None:
+    from cmfnet.networks import build_network
+
+    model = build_network({"arch": "vnet", "width": 2, "n_convs": n_convs, "downsamplings": downsamplings},
+                          in_channels=2, num_classes=3)
+    side = 2 ** downsamplings
+    out = model(torch.zeros(2, 2, side, 2 * side, 3 * side))
+    assert out.shape == (2, 3, side, 2 * side, 3 * side)
+    assert model.size_divisor == side
+
+
+@pytest.mark.parametrize("damage", ["missing_modality", "label_out_of_range", "other_grid", "corrupt"])
+def test_train_cli_rejects_bad_datasets_with_one_line(damage: str, tmp_path: Path, tiny_dataset: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from cmfnet.cli import main
+    from cmfnet.io import read_image, write_image
+
+    case = Dataset(tiny_dataset).split(0)["train"][0]
+    image_1 = tiny_dataset / "imagesTr" / f"{case}_0001.nii.gz"
+    label = tiny_dataset / "labelsTr" / f"{case}.nii.gz"
+    if damage == "missing_modality":
+        image_1.unlink()
+        culprit = image_1
+    elif damage == "label_out_of_range":
+        array, geometry = read_image(label)
+        array[0, 0, 0] = 7
+        write_image(array, label, geometry)
+        culprit = label
+    elif damage == "other_grid":
+        array, geometry = read_image(image_1)
+        write_image(array[:, :-1], image_1, Geometry.default(array[:, :-1].shape, geometry.spacing))
+        culprit = image_1
+    else:
+        image_1.write_bytes(image_1.read_bytes()[:200])
+        culprit = image_1
+    card = write_card(tmp_path, "supervision: mask\n")
+    code = main(["train", "--card", str(card), "--dataset", str(tiny_dataset), "--fold", "0",
+                 "--out", str(tmp_path / "out"), "--set", "train.iterations=2", "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and str(culprit) in err[0]
+    assert not (tmp_path / "out" / "model.pt").exists()
