@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import os
 from pathlib import Path
 
 import h5py
@@ -19,9 +20,9 @@ from cmfnet.splits import kfold_splits
 from cmfnet.io import nifti_problem
 from cmfnet.validate import validate_dataset
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
-if not REAL.is_dir():
-    REAL = Path("/work/shared/data/real")
+# the real test volumes: shared/ beside the clone, or wherever CMFNET_REAL_DATA points
+REAL = Path(os.environ.get("CMFNET_REAL_DATA",
+                           Path(__file__).resolve().parents[2] / "shared" / "data" / "real"))
 BRATS_2015 = REAL / "brats2015_deepmedic"
 ACDC = REAL / "acdc_scribble_wsl4mis"
 
