@@ -43,6 +43,10 @@ def collect(files: list[Path]) -> pd.DataFrame:
             raise InputError(path, f"missing columns {missing}")
         frames.append(frame.assign(source=str(path)))
     data = pd.concat(frames, ignore_index=True)
+    if "dataset" in data.columns and data["dataset"].nunique() > 1:
+        names = sorted(data["dataset"].astype(str).unique())
+        raise InputError(files[0].parent, f"metrics of several datasets ({', '.join(names)}); choose one, "
+                                          f"e.g. --results results/metrics/{names[0]}")
     if "table" not in data.columns:
         data["table"] = "table1"
     data["table"] = data["table"].fillna("table1")
