@@ -13,7 +13,9 @@ rule train:
         card=card_args,
         train=train_config_json,
         device=config.get("device", "auto"),
-    threads: 2
+    # one thread per training: on CPU, parallel jobs use cores better than intra-op threads on
+    # small 3D patches (raise it with --set-threads train=N)
+    threads: 1
     resources:
         mem_mb=8000,
         runtime=240,
