@@ -215,3 +215,16 @@ def test_train_cli_rejects_bad_datasets_with_one_line(damage: str, tmp_path: Pat
     assert code == 2
     assert len(err) == 1 and str(culprit) in err[0]
     assert not (tmp_path / "out" / "model.pt").exists()
+
+
+def test_workflow_schema_knows_every_train_option() -> None:
+    """Typos in a preset's train block fail when Snakemake starts, so the schema must list them all."""
+    import dataclasses
+
+    import yaml
+
+    schema = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflow" / "schemas"
+                             / "config.schema.yaml").read_text())
+    train = schema["properties"]["train"]
+    assert train["additionalProperties"] is False
+    assert set(train["properties"]) == {f.name for f in dataclasses.fields(TrainConfig)}
