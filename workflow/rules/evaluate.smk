@@ -26,8 +26,8 @@ rule tables:
     input:
         metrics_files(),
     output:
-        csv="results/tables/table1.csv",
-        md="results/tables/table1.md",
+        csv=report("results/tables/table1.csv", caption="../report/table1.rst", category="Tables"),
+        md=report("results/tables/table1.md", caption="../report/table1.rst", category="Tables"),
     log:
         "logs/tables.log",
     params:
