@@ -37,7 +37,7 @@ def run_one(method: str, setting: str, iterations: int, dataset: Path, device: s
     from cmfnet.io import Dataset
     from cmfnet.method import card_path_for_id, load_card
 
-    path, variant = card_path_for_id(REPO / "methods", method)
+    path, variant, _ = card_path_for_id(REPO / "methods", method)
     card = load_card(path, variant=variant)
     warmup = 2
     config = TrainConfig(iterations=warmup + iterations, log_interval=warmup, val_interval=0,
@@ -70,11 +70,14 @@ def main() -> None:
     if args.one:
         print(json.dumps(run_one(args.one[0], args.one[1], args.iterations, args.dataset, args.device)))
         return
+    from cmfnet.scribbles import make_scribbles
     from cmfnet.synth import synthesize
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         dataset = synthesize("npc", 8, Path(tmp) / "npc", seed=0, shape=(32, 128, 128))
+        for variant in ("sim", "autobg"):
+            make_scribbles(dataset, variant, seed=0)
         for setting in args.settings:
             for method in args.methods:
                 cmd = [sys.executable, __file__, "--one", method, setting, "--dataset", str(dataset),

@@ -41,7 +41,7 @@ from cmfnet import __version__
 from cmfnet.errors import InputError
 from cmfnet.inference import resolve_device, sliding_window_probabilities
 from cmfnet.io import IGNORE, Dataset, Geometry, atomic_path, write_json
-from cmfnet.method import Batch, Card, Method, StepInfo, load_card, load_method
+from cmfnet.method import Batch, Card, Method, StepInfo, load_card, load_method, parse_override
 from cmfnet.normalize import normalize_image
 
 # deterministic cuBLAS needs this before CUDA starts
@@ -497,7 +497,8 @@ class TrainedModel:
         return list(self.meta["channel_names"])
 
     @classmethod
-    def load(cls, model_dir: Path) -> TrainedModel:
+    def load(cls, model_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainedModel:
+        """Load ``model.pt``; ``overrides`` (``params.X=V``) may change inference-only params only."""
         path = Path(model_dir) / "model.pt"
         if not path.is_file():
             raise InputError(path, "no trained model here (model.pt missing)")
@@ -512,6 +513,19 @@ class TrainedModel:
                     fusion=card_data["fusion"], network=card_data["network"], channels=card_data["channels"],
                     params=card_data["params"], train=card_data["train"], table=card_data.get("table"))
         method = load_method(card)
+        if overrides:
+            for text in overrides:
+                try:
+                    key, value = parse_override(text)
+                except ValueError as err:
+                    raise InputError("--set", str(err)) from None
+                name = key.removeprefix("params.")
+                if not key.startswith("params.") or name not in method.inference_params:
+                    allowed = ", ".join(f"params.{p}" for p in sorted(method.inference_params)) or "none"
+                    raise InputError("--set", f"'{key}' would change what was trained; a trained "
+                                              f"'{method.name}' model can only change: {allowed}")
+                card.params[name] = value
+            method = load_method(card)
         model = method.build_network(len(meta["channels"]), meta["num_classes"])
         model.load_state_dict(state["weights"])
         model.eval()

@@ -43,6 +43,7 @@ class CmFNetHybrid(Method):
     """CmFNet's loss L_ssl + L_imr + L_imc; predicts with y_mm (or the head named by ``output``)."""
 
     name: ClassVar[str] = "cmfnet"
+    inference_params: ClassVar[frozenset[str]] = frozenset({"output"})
     defaults: ClassVar[dict[str, Any]] = {
         "use_ssl": True,
         "use_imr": True,

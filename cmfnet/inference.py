@@ -100,11 +100,11 @@ def resolve_device(name: str) -> torch.device:
 # -- cmfnet predict ---------------------------------------------------------------------------
 
 def predict_dataset(model_dir: Path, dataset_dir: Path, out_dir: Path, cases: list[str] | None = None,
-                    device: str = "auto", overlap: float = 0.5) -> list[str]:
+                    device: str = "auto", overlap: float = 0.5, overrides: list[str] | None = None) -> list[str]:
     """Segment a fold's test cases (or ``cases``) of a dataset; writes ``{case}.nii.gz`` atomically."""
     from cmfnet.engine import TrainedModel
 
-    trained = TrainedModel.load(model_dir)
+    trained = TrainedModel.load(model_dir, overrides or ())
     dataset = Dataset(dataset_dir)
     trained.check_dataset(dataset)
     if cases is None:
@@ -121,11 +121,11 @@ def predict_dataset(model_dir: Path, dataset_dir: Path, out_dir: Path, cases: li
 
 
 def predict_files(model_dir: Path, images: list[Path], out: Path, device: str = "auto",
-                  overlap: float = 0.5) -> None:
+                  overlap: float = 0.5, overrides: list[str] | None = None) -> None:
     """Segment one new patient given as one file per channel (CT first, as in training)."""
     from cmfnet.engine import TrainedModel
 
-    trained = TrainedModel.load(model_dir)
+    trained = TrainedModel.load(model_dir, overrides or ())
     if len(images) != len(trained.channel_names):
         raise InputError(images[0] if images else model_dir,
                          f"the model expects {len(trained.channel_names)} images "
@@ -147,12 +147,12 @@ def _run(args: argparse.Namespace) -> int:
     if args.image:
         if args.dataset:
             raise InputError("--image", "give either --dataset or --image, not both")
-        predict_files(args.model, args.image, args.out, args.device, args.overlap)
+        predict_files(args.model, args.image, args.out, args.device, args.overlap, args.set)
         print(f"wrote {args.out}")
         return 0
     if not args.dataset:
         raise InputError("--dataset", "give --dataset DIR (a fold's test cases) or --image FILE ...")
-    cases = predict_dataset(args.model, args.dataset, args.out, args.cases, args.device, args.overlap)
+    cases = predict_dataset(args.model, args.dataset, args.out, args.cases, args.device, args.overlap, args.set)
     print(f"predicted {len(cases)} cases into {args.out}")
     return 0
 
@@ -171,4 +171,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="output folder (with --dataset) or file (with --image)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     parser.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (0-1)")
+    parser.add_argument("--set", action="append", metavar="params.NAME=VALUE",
+                        help="change an inference-only param, e.g. params.output=ct (CmFNet's y_ct head)")
     parser.set_defaults(func=_run)

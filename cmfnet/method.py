@@ -30,6 +30,15 @@ never hand-copied cards::
       axes: {network.ct_convs: [3, 4, 5, 6], network.mr_convs: [3, 4, 5, 6]}
 
 A variant's method id is ``<file stem>.<variant id>`` (``table5.ct3_mr4``).
+
+A variant file may also list *heads*: overrides of a plugin's inference-only params (its
+``inference_params``) that read another output of the same trained model, so each head is a
+row of its own without retraining (Table V reports y_ct and y_mr of one model)::
+
+    heads:
+      ct: {name: "{name} y_ct", set: {params.output: ct}}
+
+Such rows have ids ``<file stem>.<variant id>@<head>``; the model is trained once per variant.
 """
 
 from __future__ import annotations
@@ -56,7 +65,7 @@ if TYPE_CHECKING:
 
 CARD_KEYS = {"name", "plugin", "supervision", "scribble_variant", "fusion", "network", "channels",
              "params", "train", "description", "paper", "table"}
-VARIANT_FILE_KEYS = {"extends", "table", "variants", "grid", "description"}
+VARIANT_FILE_KEYS = {"extends", "table", "variants", "grid", "heads", "description"}
 
 
 @dataclass
@@ -92,6 +101,9 @@ class Method:
     defaults: ClassVar[dict[str, Any]] = {}
     #: EMA decay of a teacher the engine maintains for this method (None: no teacher)
     teacher_decay: ClassVar[float | None] = None
+    #: params that change only what a trained model predicts, never its training (e.g. which
+    #: output head); ``cmfnet predict --set params.<name>=...`` may change these and nothing else
+    inference_params: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, card: Card) -> None:
         unknown = set(card.params) - set(self.defaults)
@@ -142,13 +154,15 @@ class Card:
     params: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
     variant: str | None = None
+    head: str | None = None
     table: str | None = None
     raw: dict[str, Any] = field(default_factory=dict)
 
     @property
     def id(self) -> str:
         """The method id used in paths: the card's file stem, plus ``.variant`` for a variant."""
-        return f"{self.path.stem}.{self.variant}" if self.variant else self.path.stem
+        base = f"{self.path.stem}.{self.variant}" if self.variant else self.path.stem
+        return f"{base}@{self.head}" if self.head else base
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "plugin": self.plugin,
@@ -225,22 +239,37 @@ def is_variant_file(path: str | Path) -> bool:
     return "extends" in _read_yaml(Path(path))
 
 
+def head_overrides(path: str | Path) -> dict[str, tuple[str, dict[str, Any]]]:
+    """The heads a variant file declares: ``head -> (name template, dotted overrides)``."""
+    heads = _read_yaml(Path(path)).get("heads") or {}
+    return {str(h): (str((spec or {}).get("name", "{name} " + str(h))), dict((spec or {}).get("set") or {}))
+            for h, spec in heads.items()}
+
+
 def method_ids(path: str | Path) -> list[str]:
-    """Every method id a card file stands for: its stem, or ``stem.variant`` per variant."""
+    """Every table row a card file stands for: its stem, ``stem.variant``, or ``stem.variant@head``."""
     path = Path(path)
-    if is_variant_file(path):
-        return [f"{path.stem}.{vid}" for vid in variant_overrides(path)]
-    return [path.stem]
+    if not is_variant_file(path):
+        return [path.stem]
+    heads = head_overrides(path)
+    return [f"{path.stem}.{vid}" + (f"@{head}" if head else "")
+            for vid in variant_overrides(path) for head in (heads or [None])]
 
 
-def card_path_for_id(methods_dir: str | Path, method_id: str) -> tuple[Path, str | None]:
-    """``table5.ct3_mr4`` -> (methods/table5.yaml, "ct3_mr4"); ``pce`` -> (methods/pce.yaml, None)."""
-    stem, _, variant = method_id.partition(".")
-    return Path(methods_dir) / f"{stem}.yaml", (variant or None)
+def training_id(method_id: str) -> str:
+    """The trained model a row reads: heads of one variant share it."""
+    return method_id.partition("@")[0]
+
+
+def card_path_for_id(methods_dir: str | Path, method_id: str) -> tuple[Path, str | None, str | None]:
+    """``table5.ct3_mr4@ct`` -> (methods/table5.yaml, "ct3_mr4", "ct"); ``pce`` -> (methods/pce.yaml, None, None)."""
+    base, _, head = method_id.partition("@")
+    stem, _, variant = base.partition(".")
+    return Path(methods_dir) / f"{stem}.yaml", (variant or None), (head or None)
 
 
 def load_card(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
-              variant: str | None = None) -> Card:
+              variant: str | None = None, head: str | None = None) -> Card:
     """Read and check a method card (or one variant of a variant file), then apply ``key=value`` overrides."""
     path = Path(path)
     raw = _read_yaml(path)
@@ -257,8 +286,16 @@ def load_card(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
         for key, value in settings.items():
             set_dotted(raw, key, value)
         raw["name"] = name_override
-    elif variant is not None:
-        raise InputError(path, f"not a variant file, so it has no variant '{variant}'")
+        if head is not None:
+            heads = head_overrides(path)
+            if head not in heads:
+                raise InputError(path, f"no head '{head}'; one of {sorted(heads)}")
+            template, head_settings = heads[head]
+            for key, value in head_settings.items():
+                set_dotted(raw, key, value)
+            raw["name"] = template.replace("{name}", str(name_override))
+    elif variant is not None or head is not None:
+        raise InputError(path, f"not a variant file, so it has no variant '{variant}' or head '{head}'")
     for text in overrides:
         try:
             key, value = parse_override(text)
@@ -283,7 +320,7 @@ def load_card(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
                 network=dict(raw.get("network") or {"arch": "vnet"}),
                 channels=[int(c) for c in channels] if channels is not None else None,
                 params=dict(raw.get("params") or {}), train=dict(raw.get("train") or {}),
-                variant=variant, table=table or raw.get("table"), raw=raw)
+                variant=variant, head=head, table=table or raw.get("table"), raw=raw)
 
 
 def _import_plugin_module(spec: str, card_path: Path):  # noqa: ANN202 - a module

@@ -18,7 +18,7 @@ TABLE1 = ["fullysup", "pce", "dmsps", "em", "tv", "ms", "ustm", "s2l", "cmfnet_a
 
 @pytest.mark.parametrize("method", TABLE1)
 def test_card_trains_and_predicts(method: str, tmp_path: Path, tiny_dataset: Path) -> None:
-    path, variant = card_path_for_id(REPO / "methods", method)
+    path, variant, _ = card_path_for_id(REPO / "methods", method)
     card = load_card(path, ["network.width=2"], variant)
     if card.scribble_variant == "autobg":  # the tiny fixture ships one variant
         card.scribble_variant = "sim"
@@ -31,3 +31,29 @@ def test_card_trains_and_predicts(method: str, tmp_path: Path, tiny_dataset: Pat
     image, _ = dataset.load_image(dataset.split(0)["test"][0])
     labels = trained.segment(image, torch.device("cpu"))
     assert labels.shape == image.shape[1:] and set(np.unique(labels)) <= {0, 1}
+
+
+def test_heads_are_rows_of_one_trained_model(tmp_path: Path, tiny_dataset: Path) -> None:
+    from cmfnet.errors import InputError
+    from cmfnet.method import method_ids, training_id
+
+    ids = method_ids(REPO / "methods" / "table5.yaml")
+    assert len(ids) == 32 and "table5.ct3_mr4@ct" in ids and "table5.ct3_mr4@mr" in ids
+    assert training_id("table5.ct3_mr4@ct") == "table5.ct3_mr4" and len({training_id(i) for i in ids}) == 16
+    path, variant, head = card_path_for_id(REPO / "methods", "table5.ct3_mr3@mr")
+    card = load_card(path, ["network.width=2"], variant, head)
+    assert card.id == "table5.ct3_mr3@mr" and card.name == "CT3MR3 y_mr" and card.params["output"] == "mr"
+
+    trained_card = load_card(path, ["network.width=2"], variant)  # what the pipeline trains
+    config = TrainConfig(iterations=2, batch_size=1, patch_size=[16, 32, 32], val_interval=2,
+                         checkpoint_interval=2, log_interval=1)
+    Trainer(trained_card, Dataset(tiny_dataset), 0, tmp_path / "m", config, device="cpu").fit()
+    dataset = Dataset(tiny_dataset)
+    image = torch.from_numpy(dataset.load_image(dataset.split(0)["test"][0])[0][:, :16, :32, :32]).unsqueeze(0)
+    heads = {h: TrainedModel.load(tmp_path / "m", [f"params.output={h}"] if h else []) for h in ("", "ct", "mr")}
+    with torch.no_grad():
+        outputs = {h: m.method.logits(m.model, image) for h, m in heads.items()}
+    assert torch.equal(outputs[""], outputs["ct"])  # MFL predicts with y_ct by default
+    assert not torch.equal(outputs["ct"], outputs["mr"])
+    with pytest.raises(InputError, match="would change what was trained"):
+        TrainedModel.load(tmp_path / "m", ["params.lambda_ct=0.5"])

@@ -7,7 +7,7 @@ import torch
 from snakemake.utils import validate
 
 from cmfnet.io import Dataset
-from cmfnet.method import card_path_for_id, load_card, method_ids
+from cmfnet.method import card_path_for_id, head_overrides, load_card, method_ids, training_id
 
 validate(config, "../schemas/config.schema.yaml")
 
@@ -42,8 +42,21 @@ def all_method_ids():
 
 
 def card_of(method):
-    path, variant = card_path_for_id(METHODS_DIR, method)
-    return load_card(path, variant=variant)
+    path, variant, head = card_path_for_id(METHODS_DIR, method)
+    return load_card(path, variant=variant, head=head)
+
+
+def model_of(wildcards):
+    """The trained model a row predicts with: every head of a variant reads the same one."""
+    return f"results/models/{wildcards.dataset}/{training_id(wildcards.method)}/fold{wildcards.fold}/model.pt"
+
+
+def predict_overrides(wildcards):
+    """--set arguments that select a head of the trained model (empty for ordinary rows)."""
+    path, _, head = card_path_for_id(METHODS_DIR, wildcards.method)
+    if head is None:
+        return ""
+    return " ".join(f"--set '{key}={value}'" for key, value in head_overrides(path)[head][1].items())
 
 
 def folds():

@@ -3,6 +3,8 @@
 
 
 rule train:
+    wildcard_constraints:
+        method="[^@/]+",
     input:
         unpack(train_inputs),
     output:
@@ -30,7 +32,7 @@ rule train:
 
 rule predict:
     input:
-        model="results/models/{dataset}/{method}/fold{fold}/model.pt",
+        model=model_of,
         dataset="results/data/{dataset}/dataset.json",
     output:
         directory("results/predictions/{dataset}/{method}/fold{fold}"),
@@ -39,6 +41,7 @@ rule predict:
     params:
         overlap=config.get("predict", {}).get("overlap", 0.5),
         device=config.get("device", "auto"),
+        head=predict_overrides,
     threads: 2
     resources:
         mem_mb=8000,
@@ -47,6 +50,5 @@ rule predict:
     conda:
         "../envs/cmfnet.yaml"
     shell:
-        "cmfnet predict --model results/models/{wildcards.dataset}/{wildcards.method}/fold{wildcards.fold} "
-        "--dataset results/data/{wildcards.dataset} --out {output} --overlap {params.overlap} "
-        "--device {params.device} > {log} 2>&1"
+        "cmfnet predict --model $(dirname {input.model}) --dataset results/data/{wildcards.dataset} "
+        "--out {output} --overlap {params.overlap} --device {params.device} {params.head} > {log} 2>&1"
