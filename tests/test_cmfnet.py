@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from cmfnet.errors import InputError
-from cmfnet.method import Batch, StepInfo, load_card, load_method, method_ids
+from cmfnet.method import Batch, StepInfo, card_path_for_id, load_card, load_method, method_ids
 from cmfnet.networks import build_network, count_parameters
 from cmfnet.networks.cmfnet import CmFNet
 
@@ -306,8 +306,9 @@ def test_variant_files_expand_and_every_variant_loads(stem: str, count: int) -> 
     ids = method_ids(METHODS / f"{stem}.yaml")
     assert len(ids) == count
     for method_id in ids:
-        card = load_card(METHODS / f"{stem}.yaml", variant=method_id.split(".", 1)[1])
-        assert card.table == stem and card.train == {}
+        path, variant, head = card_path_for_id(METHODS, method_id)
+        card = load_card(path, variant=variant, head=head)
+        assert card.table == stem and card.train == {} and card.id == method_id
         load_method(card)
 
 
@@ -339,6 +340,6 @@ def test_ablation_rows_switch_the_right_modules_and_terms() -> None:
              for v in ("ssl", "ssl_imr", "ssl_imc", "ssl_imr_imc")}
     assert [(p["use_ssl"], p["use_imr"], p["use_imc"]) for p in terms.values()] == \
         [(True, False, False), (True, True, False), (True, False, True), (True, True, True)]
-    grid = load_card(METHODS / "table5.yaml", variant="ct6_mr4_ymr")
+    grid = load_card(METHODS / "table5.yaml", variant="ct6_mr4", head="mr")
     assert (grid.network["ct_convs"], grid.network["mr_convs"], grid.network["cfe"]) == (6, 4, False)
     assert (grid.params["output"], grid.params["use_imr"], grid.params["use_imc"]) == ("mr", False, True)
