@@ -32,11 +32,14 @@ SETTINGS = {
 TABLE1 = ["fullysup", "pce", "dmsps", "em", "tv", "ms", "ustm", "s2l", "cmfnet_autobg", "cmfnet"]
 
 
-def run_one(method: str, setting: str, iterations: int, dataset: Path, device: str) -> dict[str, object]:
+def run_one(method: str, setting: str, iterations: int, dataset: Path, device: str,
+            threads: int | None) -> dict[str, object]:
     from cmfnet.engine import Trainer, TrainConfig
     from cmfnet.io import Dataset
     from cmfnet.method import card_path_for_id, load_card
 
+    if threads:
+        torch.set_num_threads(threads)
     path, variant, _ = card_path_for_id(REPO / "methods", method)
     card = load_card(path, variant=variant)
     warmup = 2
@@ -63,12 +66,14 @@ def main() -> None:
     parser.add_argument("--settings", nargs="+", default=["smoke", "paper"], choices=list(SETTINGS))
     parser.add_argument("--iterations", type=int, default=3, help="timed iterations after 2 warm-up ones")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, help="torch CPU threads per run (default: torch's choice)")
     parser.add_argument("--out", type=Path, help="also write the table as CSV here")
     parser.add_argument("--one", nargs=2, metavar=("METHOD", "SETTING"), help=argparse.SUPPRESS)
     parser.add_argument("--dataset", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(run_one(args.one[0], args.one[1], args.iterations, args.dataset, args.device)))
+        print(json.dumps(run_one(args.one[0], args.one[1], args.iterations, args.dataset, args.device,
+                                 args.threads)))
         return
     from cmfnet.scribbles import make_scribbles
     from cmfnet.synth import synthesize
@@ -82,6 +87,7 @@ def main() -> None:
             for method in args.methods:
                 cmd = [sys.executable, __file__, "--one", method, setting, "--dataset", str(dataset),
                        "--iterations", str(args.iterations), "--device", args.device]
+                cmd += ["--threads", str(args.threads)] if args.threads else []
                 done = subprocess.run(cmd, capture_output=True, text=True)
                 if done.returncode != 0:
                     print(f"{method} {setting}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
