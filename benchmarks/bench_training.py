@@ -8,6 +8,8 @@ is that run's own), on a synthetic NPC phantom:
 
 Seconds per iteration come from the engine's own log (the last logged window, which excludes
 validation); peak memory is the process's max RSS on CPU and torch's peak allocation on CUDA.
+S2L's figure includes its whole-set EMA refreshes (every 5% of training), so it is only
+representative with enough iterations for the refresh period to exceed one iteration.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ TABLE1 = ["fullysup", "pce", "dmsps", "em", "tv", "ms", "ustm", "s2l", "cmfnet_a
 
 
 def run_one(method: str, setting: str, iterations: int, dataset: Path, device: str,
-            threads: int | None) -> dict[str, object]:
+            threads: int | None, warmup: int) -> dict[str, object]:
     from cmfnet.engine import Trainer, TrainConfig
     from cmfnet.io import Dataset
     from cmfnet.method import card_path_for_id, load_card
@@ -42,7 +44,6 @@ def run_one(method: str, setting: str, iterations: int, dataset: Path, device: s
         torch.set_num_threads(threads)
     path, variant, _ = card_path_for_id(REPO / "methods", method)
     card = load_card(path, variant=variant)
-    warmup = 2
     config = TrainConfig(iterations=warmup + iterations, log_interval=warmup, val_interval=0,
                          checkpoint_interval=10**9, **SETTINGS[setting])
     with tempfile.TemporaryDirectory() as out:
@@ -64,7 +65,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", default=TABLE1)
     parser.add_argument("--settings", nargs="+", default=["smoke", "paper"], choices=list(SETTINGS))
-    parser.add_argument("--iterations", type=int, default=3, help="timed iterations after 2 warm-up ones")
+    parser.add_argument("--iterations", type=int, default=3, help="timed iterations (after the warm-up)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed iterations first")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, help="torch CPU threads per run (default: torch's choice)")
     parser.add_argument("--out", type=Path, help="also write the table as CSV here")
@@ -73,7 +75,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.one:
         print(json.dumps(run_one(args.one[0], args.one[1], args.iterations, args.dataset, args.device,
-                                 args.threads)))
+                                 args.threads, args.warmup)))
         return
     from cmfnet.scribbles import make_scribbles
     from cmfnet.synth import synthesize
@@ -86,7 +88,7 @@ def main() -> None:
         for setting in args.settings:
             for method in args.methods:
                 cmd = [sys.executable, __file__, "--one", method, setting, "--dataset", str(dataset),
-                       "--iterations", str(args.iterations), "--device", args.device]
+                       "--iterations", str(args.iterations), "--warmup", str(args.warmup), "--device", args.device]
                 cmd += ["--threads", str(args.threads)] if args.threads else []
                 done = subprocess.run(cmd, capture_output=True, text=True)
                 if done.returncode != 0:
