@@ -14,7 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from cmfnet.errors import InputError
