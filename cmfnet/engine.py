@@ -102,6 +102,11 @@ class TrainVolume:
     geometry: Geometry
 
 
+def mixed_precision(device: torch.device, amp: bool) -> Any:
+    """The autocast context training, validation and inference share: bfloat16 on CUDA when enabled."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -281,8 +286,7 @@ class Trainer:
         return torch.optim.Adam(params, lr=lr, weight_decay=self.config.weight_decay)
 
     def _autocast(self) -> Any:
-        enabled = self.config.amp and self.device.type == "cuda"
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+        return mixed_precision(self.device, self.config.amp)
 
     def _forward_logits(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         with self._autocast():
@@ -547,10 +551,10 @@ class TrainedModel:
         selected = normalize_image(image[channels], names, self.meta["normalization"])
         self.model.to(device)
         tensor = torch.from_numpy(np.ascontiguousarray(selected)).to(device)
-        use_amp = device.type == "cuda" and self.meta["train"].get("amp", True)
+        amp = self.meta["train"].get("amp", True)
 
         def predictor(x: torch.Tensor) -> torch.Tensor:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            with mixed_precision(device, amp):
                 return self.method.logits(self.model, x).float()
 
         probs = sliding_window_probabilities(tensor, predictor, tuple(self.meta["patch_size"]),
