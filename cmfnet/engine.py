@@ -511,11 +511,7 @@ class TrainedModel:
         except Exception as err:  # noqa: BLE001 - any unpickling failure is a corrupt file to the user
             raise InputError(path, f"cannot load model ({type(err).__name__})") from None
         meta = state["meta"]
-        card_data = meta["card"]
-        card = Card(path=Path(meta["card_path"]), name=card_data["name"], plugin=card_data["plugin"],
-                    supervision=card_data["supervision"], scribble_variant=card_data["scribble_variant"],
-                    fusion=card_data["fusion"], network=card_data["network"], channels=card_data["channels"],
-                    params=card_data["params"], train=card_data["train"], table=card_data.get("table"))
+        card = Card.from_dict(meta["card"], meta["card_path"])
         method = load_method(card)
         if overrides:
             for text in overrides:

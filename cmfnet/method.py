@@ -170,6 +170,13 @@ class Card:
                 "fusion": self.fusion, "network": self.network, "channels": self.channels,
                 "params": self.params, "train": self.train, "table": self.table}
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], path: Path) -> Card:
+        """The inverse of :meth:`to_dict` (how ``model.pt`` stores its card)."""
+        fields = ("name", "plugin", "supervision", "scribble_variant", "fusion", "network", "channels",
+                  "params", "train", "table")
+        return cls(path=Path(path), **{key: data.get(key) for key in fields})
+
 
 def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     """``set_dotted(d, "train.iterations", 3)`` sets ``d["train"]["iterations"] = 3``."""
