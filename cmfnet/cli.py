@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
+from types import FrameType
 
 from cmfnet import __version__
 from cmfnet.errors import InputError
@@ -39,7 +42,17 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(Exception):
+    """Raised on SIGTERM (Snakemake, SLURM, ``kill``) so that atomic writes remove their partial file."""
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv[0] if argv and argv[0] in COMMANDS else None).parse_args(argv)
     try:
@@ -50,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"cmfnet {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"cmfnet {args.command}: terminated (SIGTERM); partial files removed", file=sys.stderr)
+        return 143
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import shutil
 import struct
 import tempfile
@@ -216,6 +217,30 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# Temporary names made by atomic_path (".NAME.XXXXXXXX.part.SUFFIXES") and atomic_dir
+# (".NAME.XXXXXXXX.part", ".NAME.old"): the random part is mkstemp's eight characters.
+_PARTIAL = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.part(\..+)?$|^\..+\.old$")
+
+
+def leftover_partials(folder: str | os.PathLike) -> list[Path]:
+    """Partial files and folders a killed write left in ``folder`` (SIGKILL runs no cleanup)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if _PARTIAL.match(p.name))
+
+
+def remove_leftover_partials(folder: str | os.PathLike) -> list[Path]:
+    """Delete what :func:`leftover_partials` finds (only names this module makes); return them."""
+    removed = leftover_partials(folder)
+    for path in removed:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return removed
 
 
 def write_image(array: np.ndarray, path: str | os.PathLike, geometry: Geometry) -> None:
