@@ -2,6 +2,10 @@
 
 Whole volumes of any shape are padded to at least one patch, tiled with overlapping patches whose
 softmax outputs are blended with a Gaussian importance map (nnU-Net style), and cropped back.
+
+``cmfnet predict`` checks every value and output path before any work, writes each segmentation
+atomically on its own (never replacing or deleting anything else in ``--out``), predicts at the
+model's training spacing, and reports progress at intervals when stderr is not a terminal.
 """
 
 from __future__ import annotations
@@ -9,17 +13,40 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
+import os
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
+from typing import TYPE_CHECKING
+
 import numpy as np
+import SimpleITK as sitk
 import torch
 from tqdm import tqdm
 
 from cmfnet.errors import InputError
-from cmfnet.io import Dataset, atomic_dir, read_image, write_image
+from cmfnet.io import FILE_ENDING, GRID_TOLERANCE, Dataset, Geometry, read_image, write_image
+from cmfnet.preprocess import resample_onto, resample_to_spacing
+
+if TYPE_CHECKING:
+    from cmfnet.engine import TrainedModel
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
+# called after each batch of windows with (windows done, windows in total)
+Progress = Callable[[int, int], None]
+
+# seconds between progress lines when stderr is not a terminal (Snakemake and SLURM logs)
+PROGRESS_INTERVAL_S = 10.0
+# an image within this relative difference of the model's spacing on every axis is predicted as
+# it is: training itself saw cases of somewhat different spacings at their own resolution
+SPACING_RTOL = 0.1
+
+# The progress callback of sliding_window_probabilities calls that do not pass one: set by
+# cmfnet predict around TrainedModel.segment, which calls sliding_window_probabilities itself.
+_window_progress: ContextVar[Progress | None] = ContextVar("window_progress", default=None)
 
 
 def gaussian_importance(patch_size: tuple[int, ...], sigma_scale: float = 0.125) -> torch.Tensor:
@@ -62,11 +89,13 @@ def pad_to(image: torch.Tensor, shape: tuple[int, ...], divisor: int = 1) -> tup
 @torch.no_grad()
 def sliding_window_probabilities(image: torch.Tensor, predictor: Predictor, patch_size: tuple[int, ...],
                                  num_classes: int, overlap: float = 0.5, batch_size: int = 1,
-                                 divisor: int = 16, progress: bool = False) -> torch.Tensor:
+                                 divisor: int = 16, progress: Progress | None = None) -> torch.Tensor:
     """Blended softmax probabilities (K, *spatial) of a (C, *spatial) image, on the image's device.
 
-    ``predictor`` maps a (B, C, *patch) batch to (B, K, *patch) logits.
+    ``predictor`` maps a (B, C, *patch) batch to (B, K, *patch) logits. ``progress`` (default: the
+    one :func:`reporting_progress` set, if any) hears of each finished batch of windows.
     """
+    progress = progress or _window_progress.get()
     padded, crop = pad_to(image, patch_size, divisor)
     spatial = padded.shape[1:]
     patch = tuple(min(p, s) for p, s in zip(patch_size, spatial))
@@ -74,8 +103,7 @@ def sliding_window_probabilities(image: torch.Tensor, predictor: Predictor, patc
     probs = torch.zeros((num_classes, *spatial), device=image.device)
     norm = torch.zeros(spatial, device=image.device)
     origins = list(itertools.product(*(window_starts(s, p, overlap) for s, p in zip(spatial, patch))))
-    chunks = range(0, len(origins), batch_size)
-    for start in tqdm(chunks, desc="sliding window", disable=not progress, leave=False):
+    for start in range(0, len(origins), batch_size):
         batch_origins = origins[start:start + batch_size]
         windows = [tuple(slice(o, o + p) for o, p in zip(origin, patch)) for origin in batch_origins]
         batch = torch.stack([padded[(slice(None), *w)] for w in windows])
@@ -83,6 +111,8 @@ def sliding_window_probabilities(image: torch.Tensor, predictor: Predictor, patc
         for window, pred in zip(windows, out):
             probs[(slice(None), *window)] += pred * weight
             norm[window] += weight
+        if progress is not None:
+            progress(min(start + batch_size, len(origins)), len(origins))
     probs /= norm
     return probs[(slice(None), *crop)]
 
@@ -93,66 +123,282 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise InputError("--device", "CUDA requested but no CUDA device is available")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise InputError("--device", f"unknown device '{name}' (use auto, cpu, cuda or cuda:N)") from None
 
 
 # -- cmfnet predict ---------------------------------------------------------------------------
 
+def log(message: str) -> None:
+    """One line on stderr that does not break a progress bar on a terminal."""
+    if sys.stderr.isatty():
+        tqdm.write(message, file=sys.stderr)
+    else:
+        print(message, file=sys.stderr, flush=True)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _mm(spacing: tuple[float, ...] | list[float]) -> str:
+    return " x ".join(f"{s:.4g}" for s in spacing) + " mm"
+
+
+class WindowProgress:
+    """Sliding-window progress of one case: a bar on a terminal, else a line every
+    :data:`PROGRESS_INTERVAL_S` seconds, so a log file shows that a long prediction advances."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.started = self.last_line = time.monotonic()
+        self.bar: tqdm | None = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if sys.stderr.isatty():
+            if self.bar is None:
+                self.bar = tqdm(total=total, desc=self.label, unit="window", leave=False)
+            self.bar.update(done - self.bar.n)
+            return
+        now = time.monotonic()
+        if now - self.last_line >= PROGRESS_INTERVAL_S:
+            self.last_line = now
+            log(f"{self.label}: {done}/{total} windows, {now - self.started:.0f} s")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+@contextmanager
+def reporting_progress(progress: Progress) -> Iterator[None]:
+    """Make ``progress`` the callback of every sliding window run inside the block."""
+    token = _window_progress.set(progress)
+    try:
+        yield
+    finally:
+        _window_progress.reset(token)
+
+
+def check_overlap(overlap: float) -> None:
+    """Overlap 1 would give a stride of one voxel (one window per voxel: effectively a hang)."""
+    if not 0 <= overlap < 1:
+        raise InputError("--overlap", f"must be at least 0 and below 1, got {overlap}")
+
+
+def _check_image_file(path: Path) -> None:
+    if path.is_dir():
+        raise InputError(path, "is a folder, not an image file")
+    if not path.is_file():
+        raise InputError(path, "file not found")
+
+
+def _check_can_write_into(folder: Path) -> None:
+    """Refuse, before any work, an output folder that cannot be created or written."""
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(existing, f"is a file, so the output folder {folder} cannot be created")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(existing, "folder is not writable")
+
+
+def _check_prediction_folder(out_dir: Path, dataset: Dataset) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(out_dir, f"is a file; with --dataset, --out is a folder for the {{case}}{FILE_ENDING} files")
+    target = out_dir.resolve()
+    for kept in (dataset.root / "labelsTr", dataset.root / "scribblesTr"):
+        if target == kept.resolve() or kept.resolve() in target.parents:
+            raise InputError(out_dir, f"is inside the dataset's {kept.name}; predictions would overwrite its files")
+    _check_can_write_into(out_dir)
+
+
+def _check_segmentation_path(out: Path, images: list[Path]) -> None:
+    if out.is_dir():
+        raise InputError(out, f"is a folder; with --image, --out names the segmentation file (e.g. seg{FILE_ENDING})")
+    if not out.name.endswith((FILE_ENDING, ".nii")):
+        raise InputError(out, f"the segmentation file name must end in {FILE_ENDING} (or .nii)")
+    if any(out.resolve() == image.resolve() for image in images):
+        raise InputError(out, "is one of the input images; choose another output name")
+    _check_can_write_into(out.parent)
+
+
+def _note_overwrites(paths: list[Path]) -> None:
+    existing = [p for p in paths if p.exists()]
+    if existing:
+        shown = ", ".join(p.name for p in existing[:5]) + (f" and {len(existing) - 5} more" if len(existing) > 5 else "")
+        log(f"note: overwriting {_count(len(existing), 'existing file')} in {existing[0].parent}: {shown}")
+
+
+def _differs_from_model(spacing: tuple[float, ...] | list[float], model_spacing: list[float]) -> bool:
+    return len(spacing) != len(model_spacing) or not np.allclose(spacing, model_spacing, rtol=SPACING_RTOL, atol=0)
+
+
+def segment_at_model_spacing(trained: TrainedModel, image: np.ndarray, geometry: Geometry,
+                             device: torch.device, overlap: float) -> np.ndarray:
+    """Labels on ``geometry``'s grid, predicted at the model's training spacing.
+
+    A network sees structures at the voxel size it was trained on, so the channels are resampled
+    (linear) to that spacing, segmented there, and the labels resampled back (nearest neighbour).
+    """
+    channels = [geometry.apply(sitk.GetImageFromArray(channel)) for channel in image]
+    resampled = [resample_to_spacing(channel, tuple(trained.meta["spacing"]), labelmap=False,
+                                     default=float(array.min()))
+                 for channel, array in zip(channels, image)]
+    labels = trained.segment(np.stack([sitk.GetArrayFromImage(r) for r in resampled]), device=device,
+                             overlap=overlap)
+    on_model_grid = Geometry.of(resampled[0]).apply(sitk.GetImageFromArray(labels))
+    return sitk.GetArrayFromImage(resample_onto(on_model_grid, channels[0], labelmap=True, default=0))
+
+
+def _segment_case(trained: TrainedModel, image: np.ndarray, geometry: Geometry, device: torch.device,
+                  overlap: float, label: str, resample: bool) -> np.ndarray:
+    progress = WindowProgress(label)
+    try:
+        with reporting_progress(progress):
+            if resample:
+                return segment_at_model_spacing(trained, image, geometry, device, overlap)
+            return trained.segment(image, device=device, overlap=overlap)
+    finally:
+        progress.close()
+
+
+def _cases_to_predict(dataset: Dataset, fold: int, cases: list[str] | None) -> list[str]:
+    if cases is None:
+        cases = dataset.split(fold)["test"]
+        if not cases:
+            raise InputError(dataset.root / "dataset.json", f"fold {fold} has no test cases; choose some with --cases")
+    cases = list(dict.fromkeys(cases))
+    known = set(dataset.cases)
+    unknown = [c for c in cases if c not in known]
+    if unknown:
+        raise InputError("--cases", f"{'unknown case id' if len(unknown) == 1 else 'unknown case ids'} "
+                                    f"{', '.join(unknown[:5])}: not in {dataset.root / 'dataset.json'}")
+    return cases
+
+
 def predict_dataset(model_dir: Path, dataset_dir: Path, out_dir: Path, cases: list[str] | None = None,
                     device: str = "auto", overlap: float = 0.5, overrides: list[str] | None = None) -> list[str]:
-    """Segment a fold's test cases (or ``cases``) of a dataset; writes ``{case}.nii.gz`` atomically."""
+    """Segment a fold's test cases (or ``cases``) of a dataset into ``out_dir/{case}.nii.gz``.
+
+    Each file is written atomically on its own; nothing else in ``out_dir`` is touched, so folds or
+    a user's files can share the folder.
+    """
     from cmfnet.engine import TrainedModel
 
+    check_overlap(overlap)
+    torch_device = resolve_device(device)
     trained = TrainedModel.load(model_dir, overrides or ())
     dataset = Dataset(dataset_dir)
     trained.check_dataset(dataset)
-    if cases is None:
-        cases = dataset.split(trained.fold)["test"]
-    torch_device = resolve_device(device)
-    with atomic_dir(out_dir) as tmp:
-        for case in tqdm(cases, desc="predict", disable=not sys.stderr.isatty()):
-            image, geometry = dataset.load_image(case)
-            labels = trained.segment(image, device=torch_device, overlap=overlap)
-            write_image(labels, tmp / f"{case}.nii.gz", geometry)
-            if not sys.stderr.isatty():
-                print(f"predicted {case}", file=sys.stderr, flush=True)
+    cases = _cases_to_predict(dataset, trained.fold, cases)
+    _check_prediction_folder(out_dir, dataset)
+    for case in cases:
+        for path in dataset.image_paths(case):
+            _check_image_file(path)
+    model_spacing = trained.meta.get("spacing")
+    resample = model_spacing is not None and "spacing" in dataset.meta \
+        and _differs_from_model(dataset.meta["spacing"], model_spacing)
+    if resample:
+        log(f"warning: {dataset.root}: spacing {_mm(dataset.meta['spacing'])} (z, y, x) differs from the "
+            f"model's {_mm(model_spacing)}; cases are resampled to the model's spacing and their "
+            f"segmentations back onto each case's grid")
+    outputs = [out_dir / f"{case}{FILE_ENDING}" for case in cases]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _note_overwrites(outputs)
+    started = time.monotonic()
+    for index, (case, output) in enumerate(zip(cases, outputs), 1):
+        image, geometry = dataset.load_image(case)
+        labels = _segment_case(trained, image, geometry, torch_device, overlap, f"{case} ({index}/{len(cases)})",
+                               resample and _differs_from_model(geometry.spacing, model_spacing))
+        write_image(labels, output, geometry)
+        log(f"predicted {case} ({index}/{len(cases)}), {time.monotonic() - started:.0f} s")
     return cases
+
+
+def _read_patient(images: list[Path], channel_names: list[str]) -> tuple[np.ndarray, Geometry]:
+    """One 3D image per channel, all on the first one's grid, as a (C, z, y, x) float32 array."""
+    arrays, first = [], None
+    for path in images:
+        array, geometry = read_image(path)
+        if array.ndim != 3:
+            raise InputError(path, f"is a {array.ndim}D image (shape {array.shape}); give each channel "
+                                   f"({', '.join(channel_names)}) as its own 3D image")
+        if first is None:
+            first = geometry
+        elif not geometry.same_grid(first):
+            raise InputError(path, f"not on the grid of {images[0]} ({_grid_difference(geometry, first)}); "
+                                   f"resample it onto that grid first (cmfnet import paired does that)")
+        arrays.append(array.astype(np.float32, copy=False))
+    assert first is not None
+    return np.stack(arrays), first
+
+
+def _grid_difference(geometry: Geometry, reference: Geometry) -> str:
+    """Which property of two grids differs, with both values."""
+    if geometry.shape != reference.shape:
+        return f"shape {geometry.shape} vs {reference.shape}"
+    if not np.allclose(geometry.spacing, reference.spacing, atol=GRID_TOLERANCE):
+        return f"spacing {_mm(geometry.spacing)} vs {_mm(reference.spacing)}"
+    if not np.allclose(geometry.origin, reference.origin, atol=GRID_TOLERANCE * 10):
+        return f"origin {np.round(geometry.origin, 2).tolist()} vs {np.round(reference.origin, 2).tolist()} mm"
+    return "orientation (direction cosines)"
 
 
 def predict_files(model_dir: Path, images: list[Path], out: Path, device: str = "auto",
                   overlap: float = 0.5, overrides: list[str] | None = None) -> None:
-    """Segment one new patient given as one file per channel (CT first, as in training)."""
+    """Segment one new patient given as one file per channel, in the model's channel order.
+
+    The segmentation lies on the first image's grid, whatever spacing the model was trained at.
+    """
     from cmfnet.engine import TrainedModel
 
-    trained = TrainedModel.load(model_dir, overrides or ())
-    if len(images) != len(trained.channel_names):
-        raise InputError(images[0] if images else model_dir,
-                         f"the model expects {len(trained.channel_names)} images "
-                         f"({', '.join(trained.channel_names)}), got {len(images)}")
-    arrays, first = [], None
+    check_overlap(overlap)
+    torch_device = resolve_device(device)
+    if not images:
+        raise InputError("--image", "give one --image per channel of the model")
     for path in images:
-        array, geometry = read_image(path)
-        if first is not None and not geometry.same_grid(first):
-            raise InputError(path, "not on the grid of the first image; resample it first "
-                                   "(cmfnet import paired does that)")
-        first = first or geometry
-        arrays.append(array.astype(np.float32))
-    assert first is not None
-    labels = trained.segment(np.stack(arrays), device=resolve_device(device), overlap=overlap)
-    write_image(labels, out, first)
+        _check_image_file(path)
+    _check_segmentation_path(out, images)
+    trained = TrainedModel.load(model_dir, overrides or ())
+    names = trained.channel_names
+    if len(images) != len(names):
+        raise InputError(images[0], f"the model expects {_count(len(names), 'image')} ({', '.join(names)}), "
+                                    f"one --image per channel in this order; got {len(images)}")
+    image, geometry = _read_patient(images, names)
+    # segment() selects the model's channels from the dataset's channel layout
+    layout = np.zeros((max(trained.meta["channels"]) + 1, *image.shape[1:]), np.float32)
+    layout[trained.meta["channels"]] = image
+    model_spacing = trained.meta.get("spacing")
+    resample = model_spacing is not None and _differs_from_model(geometry.spacing, model_spacing)
+    if model_spacing is None:
+        log(f"warning: {trained.path} records no training spacing; predicting at the image's own spacing")
+    elif resample:
+        log(f"{images[0]}: spacing {_mm(geometry.spacing)} (z, y, x) differs from the model's "
+            f"{_mm(model_spacing)}: resampling to it (linear) and the segmentation back onto the "
+            f"input grid (nearest neighbour)")
+    _note_overwrites([out])
+    labels = _segment_case(trained, layout, geometry, torch_device, overlap, images[0].name, resample)
+    write_image(labels, out, geometry)
 
 
 def _run(args: argparse.Namespace) -> int:
+    check_overlap(args.overlap)
     if args.image:
         if args.dataset:
             raise InputError("--image", "give either --dataset or --image, not both")
+        if args.cases:
+            raise InputError("--cases", "only with --dataset (--image segments the one patient given)")
         predict_files(args.model, args.image, args.out, args.device, args.overlap, args.set)
         print(f"wrote {args.out}")
         return 0
     if not args.dataset:
         raise InputError("--dataset", "give --dataset DIR (a fold's test cases) or --image FILE ...")
     cases = predict_dataset(args.model, args.dataset, args.out, args.cases, args.device, args.overlap, args.set)
-    print(f"predicted {len(cases)} cases into {args.out}")
+    print(f"predicted {_count(len(cases), 'case')} into {args.out}")
     return 0
 
 
@@ -160,16 +406,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "predict", help="segment a fold's test cases, or a new patient, with a trained model",
         description="Segment the test cases of the model's fold (--dataset), chosen cases (--cases), "
-                    "or one new patient given as one image per channel (--image CT --image MR).")
+                    "or one new patient given as one image per channel (--image CT --image MR). "
+                    "A new patient is resampled to the model's training spacing and the segmentation "
+                    "back onto the first image's grid. Each output file is written atomically; "
+                    "other files in --out are left alone.")
     parser.add_argument("--model", type=Path, required=True, help="a training output folder (holds model.pt)")
     parser.add_argument("--dataset", type=Path, help="dataset folder; default cases: the fold's test cases")
     parser.add_argument("--cases", nargs="+", help="case ids to segment instead of the fold's test cases")
     parser.add_argument("--image", type=Path, action="append",
                         help="a new patient's image, once per channel in training order")
     parser.add_argument("--out", type=Path, required=True,
-                        help="output folder (with --dataset) or file (with --image)")
+                        help=f"output folder (with --dataset) or {FILE_ENDING} file (with --image)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
-    parser.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (0-1)")
+    parser.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap, 0 <= overlap < 1")
     parser.add_argument("--set", action="append", metavar="params.NAME=VALUE",
                         help="change an inference-only param, e.g. params.output=ct (CmFNet's y_ct head)")
     parser.set_defaults(func=_run)
