@@ -195,13 +195,13 @@ def _check_image_file(path: Path) -> None:
         raise InputError(path, "file not found")
 
 
-def _check_can_write_into(folder: Path) -> None:
-    """Refuse, before any work, an output folder that cannot be created or written."""
+def _check_can_write_into(folder: Path, output: Path) -> None:
+    """Refuse, before any work, an ``output`` whose ``folder`` cannot be created or written."""
     existing = folder
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
-        raise InputError(existing, f"is a file, so the output folder {folder} cannot be created")
+        raise InputError(existing, f"is a file, so {output} cannot be written")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise InputError(existing, "folder is not writable")
 
@@ -213,7 +213,7 @@ def _check_prediction_folder(out_dir: Path, dataset: Dataset) -> None:
     for kept in (dataset.root / "labelsTr", dataset.root / "scribblesTr"):
         if target == kept.resolve() or kept.resolve() in target.parents:
             raise InputError(out_dir, f"is inside the dataset's {kept.name}; predictions would overwrite its files")
-    _check_can_write_into(out_dir)
+    _check_can_write_into(out_dir, out_dir)
 
 
 def _check_segmentation_path(out: Path, images: list[Path]) -> None:
@@ -223,7 +223,7 @@ def _check_segmentation_path(out: Path, images: list[Path]) -> None:
         raise InputError(out, f"the segmentation file name must end in {FILE_ENDING} (or .nii)")
     if any(out.resolve() == image.resolve() for image in images):
         raise InputError(out, "is one of the input images; choose another output name")
-    _check_can_write_into(out.parent)
+    _check_can_write_into(out.parent, out)
 
 
 def _note_overwrites(paths: list[Path]) -> None:
