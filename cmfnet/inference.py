@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from cmfnet.errors import InputError
 from cmfnet.io import FILE_ENDING, GRID_TOLERANCE, Dataset, Geometry, read_image, write_image
-from cmfnet.preprocess import resample_onto, resample_to_spacing
+from cmfnet.preprocess import resample_to_spacing
 
 if TYPE_CHECKING:
     from cmfnet.engine import TrainedModel
@@ -251,7 +251,14 @@ def segment_at_model_spacing(trained: TrainedModel, image: np.ndarray, geometry:
     labels = trained.segment(np.stack([sitk.GetArrayFromImage(r) for r in resampled]), device=device,
                              overlap=overlap)
     on_model_grid = Geometry.of(resampled[0]).apply(sitk.GetImageFromArray(labels))
-    return sitk.GetArrayFromImage(resample_onto(on_model_grid, channels[0], labelmap=True, default=0))
+    return sitk.GetArrayFromImage(labels_onto(on_model_grid, channels[0]))
+
+
+def labels_onto(labels: sitk.Image, reference: sitk.Image) -> sitk.Image:
+    """Nearest-neighbour resampling of a label map onto ``reference``'s grid. Input voxels up to half
+    a model voxel beyond the model grid's outermost centres take the nearest label, not background."""
+    return sitk.Resample(labels, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0.0,
+                         labels.GetPixelID(), True)
 
 
 def _segment_case(trained: TrainedModel, image: np.ndarray, geometry: Geometry, device: torch.device,
