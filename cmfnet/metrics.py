@@ -266,6 +266,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, type=Path, help="CSV file to write")
     parser.add_argument("--dataset", type=Path,
                         help="dataset folder: class names from its dataset.json")
+    parser.add_argument("--fold", type=int,
+                        help="with --dataset: evaluate exactly this fold's test cases (other "
+                             "predictions in --pred are left out, a missing one is an error)")
     parser.add_argument("--tag", action="append", default=[], type=_parse_tag, metavar="KEY=VALUE",
                         help="constant column added to every row (e.g. method=pce); repeatable")
     parser.add_argument("--jobs", type=int, default=1, help="cases evaluated in parallel")
@@ -275,10 +278,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_evaluate(args: argparse.Namespace) -> int:
     class_names = None
     ref_dir = args.ref
+    cases = None
+    if args.fold is not None and args.dataset is None:
+        raise InputError("--fold", "needs --dataset (the fold's test cases come from its splits)")
     if args.dataset is not None:
         dataset = Dataset(args.dataset)
         class_names = dataset.class_names
         ref_dir = ref_dir if ref_dir is not None else dataset.root / "labelsTr"
+        if args.fold is not None:
+            cases = sorted(dataset.split(args.fold)["test"])
+            extra = sorted(set(_prediction_cases(args.pred)) - set(cases)) if args.pred.is_dir() else []
+            if extra:
+                print(f"evaluate: leaving out {len(extra)} prediction(s) of cases outside fold "
+                      f"{args.fold}'s test set: {', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}")
     if ref_dir is None:
         raise InputError("--ref", "give a reference folder with --ref, or a dataset with --dataset")
     tags = dict(args.tag)
@@ -288,7 +300,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise InputError("--tag", f"tag keys must be unique and not a metric column (got "
                                   f"{[k for k, _ in args.tag]})")
 
-    table = evaluate_folders(args.pred, ref_dir, class_names=class_names, jobs=args.jobs)
+    table = evaluate_folders(args.pred, ref_dir, class_names=class_names, cases=cases, jobs=args.jobs)
     for position, (key, value) in enumerate(tags.items()):
         table.insert(position, key, value)
     table["cmfnet_version"] = __version__
