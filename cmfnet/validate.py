@@ -19,7 +19,6 @@ a one-line summary) otherwise. What is checked:
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,11 +27,10 @@ from typing import Any
 import numpy as np
 
 from cmfnet.errors import InputError
-from cmfnet.io import FILE_ENDING, IGNORE, Geometry, read_image, read_json
-from cmfnet.normalize import SCHEMES
+from cmfnet.io import (CASE_ID, FILE_ENDING, IGNORE, Geometry, dataset_json_problems, read_image,
+                       read_json)
 from cmfnet.splits import check_splits
 
-CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 VAL_FROM_TRAIN = "val_from_train"
 SCRIBBLE_REPORT = "coverage.json"  # what `cmfnet scribble` writes next to a variant's scribbles
 
@@ -93,39 +91,6 @@ def split_problems(cases: list[str], splits: list[dict[str, Any]],
     return problems + check_splits(cases, checked)
 
 
-def _meta_problems(meta: dict[str, Any]) -> list[str]:
-    problems = []
-    for key in ("channel_names", "labels", "cases", "splits"):
-        if key not in meta:
-            problems.append(f"missing key '{key}'")
-    if problems:
-        return problems
-    channels = meta["channel_names"]
-    if sorted(channels) != [str(i) for i in range(len(channels))] or not channels:
-        problems.append(f"channel_names keys must be '0'..'{len(channels) - 1}', found {sorted(channels)}")
-    values = sorted(meta["labels"].values()) if isinstance(meta["labels"], dict) else None
-    if values is None or not all(isinstance(v, int) for v in values) or values != list(range(len(values))):
-        problems.append(f"labels must map names to consecutive ids 0..K, found {meta['labels']}")
-    elif meta["labels"].get("background") != 0:
-        problems.append("label 0 must be named 'background'")
-    cases = meta["cases"]
-    duplicates = sorted({c for c in cases if cases.count(c) > 1})
-    if duplicates:
-        problems.append(f"duplicate case ids {duplicates[:5]}")
-    odd = [c for c in cases if not isinstance(c, str) or not CASE_ID.match(c)]
-    if odd:
-        problems.append(f"invalid case ids {odd[:5]}")
-    if "numTraining" in meta and meta["numTraining"] != len(cases):
-        problems.append(f"numTraining {meta['numTraining']} != {len(cases)} cases")
-    names = set(channels.values()) if isinstance(channels, dict) else set()
-    for name, spec in (meta.get("normalization") or {}).items():
-        if name not in names:
-            problems.append(f"normalization for unknown channel '{name}'")
-        elif spec.get("scheme", "zscore") not in SCHEMES:
-            problems.append(f"normalization of '{name}': unknown scheme '{spec.get('scheme')}'")
-    return problems
-
-
 class _Checker:
     """Collects ``path: problem`` lines for one dataset folder."""
 
@@ -175,7 +140,7 @@ def validate_dataset(root: Path) -> tuple[list[str], str]:
         meta = read_json(meta_path)
     except InputError as err:
         return [f"{meta_path}: {err.problem}"], ""
-    meta_problems = _meta_problems(meta) if isinstance(meta, dict) else ["not a JSON object"]
+    meta_problems = dataset_json_problems(meta)
     for problem in meta_problems:
         check.add(meta_path, problem)
     if meta_problems:
