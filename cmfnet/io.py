@@ -95,6 +95,8 @@ class Geometry:
 def read_image(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
     """Read a NIfTI (or any SimpleITK format) into a (z, y, x) array and its geometry."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(path, "is a directory, not an image file")
     if not path.is_file():
         raise InputError(path, "file not found")
     problem = nifti_problem(path)
@@ -229,23 +231,51 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
 _PARTIAL = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.part(\..+)?$|^\..+\.old$")
 
 
-def leftover_partials(folder: str | os.PathLike) -> list[Path]:
-    """Partial files and folders a killed write left in ``folder`` (SIGKILL runs no cleanup)."""
+def _partial_of(name: str) -> re.Pattern[str]:
+    """The temporary names atomic_path/atomic_dir make for ``name`` only."""
+    return re.compile(rf"^\.{re.escape(name)}\.[A-Za-z0-9_]{{8}}\.part(\..+)?$|^\.{re.escape(name)}\.old$")
+
+
+def leftover_partials(folder: str | os.PathLike, name: str | None = None) -> list[Path]:
+    """Partial files and folders a killed write left in ``folder`` (SIGKILL runs no cleanup).
+
+    With ``name``, only those of a write to ``folder/name`` (another write may be running beside it).
+    """
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if _PARTIAL.match(p.name))
+    pattern = _PARTIAL if name is None else _partial_of(name)
+    return sorted(p for p in folder.iterdir() if pattern.match(p.name))
 
 
-def remove_leftover_partials(folder: str | os.PathLike) -> list[Path]:
+def remove_leftover_partials(folder: str | os.PathLike, name: str | None = None) -> list[Path]:
     """Delete what :func:`leftover_partials` finds (only names this module makes); return them."""
-    removed = leftover_partials(folder)
+    removed = leftover_partials(folder, name)
     for path in removed:
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
     return removed
+
+
+def recover_leftovers(path: str | os.PathLike) -> list[str]:
+    """Undo what a killed earlier :func:`atomic_dir` write to ``path`` left; say what, one note each.
+
+    A kill between its two renames leaves no ``path`` but the previous folder as ``.NAME.old``:
+    that is put back (the interrupted write never finished). Then the hidden ``.NAME.*.part``
+    leftovers of ``path`` only (never those of another folder beside it) are removed.
+    """
+    path = Path(path)
+    notes = []
+    old = path.with_name(f".{path.name}.old")
+    if not path.exists() and old.is_dir() and not old.is_symlink():
+        os.replace(old, path)
+        notes.append(f"{path}: restored the previous folder from {old.name} (an earlier write was killed "
+                     "while swapping folders)")
+    for leftover in remove_leftover_partials(path.parent, path.name):
+        notes.append(f"removed {leftover}, left by a killed earlier write")
+    return notes
 
 
 def write_image(array: np.ndarray, path: str | os.PathLike, geometry: Geometry) -> None:
@@ -467,7 +497,7 @@ class Dataset:
         """All channels of a case as a float32 (C, z, y, x) array, after checking they share a grid."""
         arrays, first = [], None
         for path in self.image_paths(case):
-            if not path.is_file():
+            if not path.exists():
                 raise InputError(path, f"missing modality '{self.channels[len(arrays)]}' of case {case}")
             array, geometry = read_image(path)
             if first is None:
