@@ -151,7 +151,10 @@ def leftovers_beside(root: Path) -> list[str]:
 def validate_dataset(root: Path) -> tuple[list[str], str]:
     """All problems of a dataset folder (``path: problem`` lines) and a one-line summary."""
     if not root.is_dir():
-        raise InputError(root, "not a directory")
+        leftovers = ", ".join(p.name for p in leftover_partials(root.parent, root.name))
+        raise InputError(root, ("not a directory" if root.exists() else "no such folder")
+                         + (f" (a killed write left {leftovers} beside it: rerun the command that makes it)"
+                            if leftovers else ""))
     check = _Checker()
     meta_path = root / "dataset.json"
     try:

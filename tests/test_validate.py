@@ -269,3 +269,12 @@ def test_one_case_and_one_problem_are_singular(run, tmp_path, capsys):
     assert "valid: 1 case, " in capsys.readouterr().out
     (root / "scribblesTr" / "given" / "a.nii.gz").unlink()
     assert problems(run, capsys, root) == [f"{root / 'scribblesTr' / 'given'}: no scribble for training case ['a']"]
+
+
+def test_dataset_a_killed_import_never_finished_names_the_leftover(run, tmp_path, capsys):
+    leftover = tmp_path / partial_name("ds")
+    leftover.mkdir()
+    assert run("validate", tmp_path / "ds") == 2
+    assert capsys.readouterr().err.strip() == (
+        f"cmfnet validate: error: {tmp_path / 'ds'}: no such folder (a killed write left {leftover.name} "
+        "beside it: rerun the command that makes it)")
