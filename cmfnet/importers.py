@@ -495,7 +495,8 @@ def run_paired(args: argparse.Namespace) -> int:
     seed = args.seed if args.seed is not None else protocol_before.get("seed", DEFAULT_SEED)
     val_from_train = args.val_from_train or bool(protocol_before.get("allow_val_from_train"))
     align_step = {"step": "align", "onto": "first image's grid, physical coordinates",
-                  "registration": "rigid, mutual information (per case, when --register)",
+                  "registration": "rigid, mutual information (per case, when --register; applied only when "
+                                  "it raises the metric over the scanner geometry, see each case's record)",
                   "images": "linear", "labels": "nearest", "scribbles": "nearest (255 outside)"}
     with atomic_dir(out) as tmp:
         if existing:
@@ -839,7 +840,8 @@ def _common_options(paired: bool) -> argparse.ArgumentParser:
     prep.add_argument("--target-spacing", type=float, nargs=3, metavar=("Z", "Y", "X"),
                       help="resample to this spacing in mm (images linear, labels nearest)")
     prep.add_argument("--ct-window", type=float, nargs=2, metavar=("LO", "HI"),
-                      help="declared CT normalisation window in HU (default -160 240)")
+                      help="declared CT normalisation window in HU (default -160 240, abdominal soft "
+                           "tissue; thorax or PET/CT: see docs/real-data.md, 'Choosing a CT window')")
     prep.add_argument("--mr-clip-percentiles", type=float, nargs=2, metavar=("LO", "HI"),
                       help="declared MR clipping percentiles before z-scoring (default 0.5 99.5)")
     parser.add_argument("--allow-empty-labels", action="store_true",
@@ -869,7 +871,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                                          "({\"background\": 0, \"tumour\": 1}) (required for a new dataset)")
     how = paired.add_mutually_exclusive_group()
     how.add_argument("--no-resample", action="store_true", help="refuse modalities on different grids")
-    how.add_argument("--register", action="store_true", help="rigidly align each modality to the first (MI)")
+    how.add_argument("--register", action="store_true",
+                     help="rigidly align each modality to the first (MI), kept only if it improves MI; "
+                          "without it the scanner geometry is trusted (series sharing a frame of reference)")
     paired.set_defaults(func=run_paired)
 
     word = formats.add_parser("word", parents=[common], help="the WORD release (fixed 100/20/30 split)")
