@@ -20,12 +20,14 @@ says so (``"val_from_train": true``); ``cmfnet validate`` accepts exactly that a
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import re
 import shutil
 import statistics
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,16 +38,20 @@ import SimpleITK as sitk
 from sklearn.model_selection import KFold
 
 from cmfnet.errors import InputError
-from cmfnet.io import FILE_ENDING, IGNORE, Geometry, atomic_dir, make_dataset_json, read_json, write_json
+from cmfnet.io import (CASE_ID, FILE_ENDING, IGNORE, Geometry, atomic_dir, counted, make_dataset_json,
+                       read_dataset_json, read_json, recover_leftovers, write_json)
 from cmfnet.preprocess import (DEFAULT_CT_BODY_HU, DEFAULT_CT_WINDOW, DEFAULT_MR_CLIP, CaseVolumes,
-                               PreprocessConfig, declare_normalization, outside_value, preprocess_case,
-                               register_rigid, resample_onto)
+                               PreprocessConfig, declare_normalization, labelled_outside, outside_value,
+                               preprocess_case, register_rigid, resample_onto)
 from cmfnet.splits import kfold_splits
-from cmfnet.validate import CASE_ID, VAL_FROM_TRAIN, labelmap_problem, read_volume
+from cmfnet.validate import VAL_FROM_TRAIN, labelmap_problem, read_volume
 
 VAL_FRACTION = 0.1  # as cmfnet.splits.kfold_splits
 DEFAULT_SEED = 12345  # nnU-Net's KFold seed, as cmfnet.splits
 GIVEN = "given"
+# Written into every imported dataset: a folder holding it but no dataset.json is an import whose
+# output was removed (Snakemake deletes a job's outputs before it reruns it), safe to rebuild.
+MARKER = ".cmfnet-import"
 
 
 # -- reading and label maps ------------------------------------------------------------------------
@@ -96,9 +102,11 @@ def _mm(spacing: tuple[float, ...]) -> str:
     return "x".join(f"{s:.4g}" for s in spacing)
 
 
-def check_case_id(case: str, source: Path) -> str:
+def check_case_id(case: str, origin: str | Path) -> str:
+    """``case`` if it is a valid id; otherwise an error naming the id and where it came from."""
     if not CASE_ID.match(case):
-        raise InputError(source, f"invalid case id '{case}' (letters, digits, '.', '_', '-')")
+        raise InputError(f"case id {case!r}", f"invalid (from {origin}): use letters, digits, '.', '_' "
+                                              "and '-', starting with a letter or digit")
     return case
 
 
@@ -140,7 +148,7 @@ def cross_validation(cases: list[str], folds: int, seed: int, val_from_train: bo
         raise InputError(source, f"--folds {folds}: cross-validation needs at least 2 folds")
     units = sorted({groups.get(c, c) for c in cases})
     if len(units) < 2:
-        raise InputError(source, f"{len(cases)} case(s): cross-validation needs at least 2 "
+        raise InputError(source, f"{counted(len(cases), 'case')}: cross-validation needs at least 2 "
                                  + ("patients" if groups else "cases"))
     k = min(folds, len(units))
     if not groups and len(units) >= k + 1 and len(units) - math.ceil(len(units) / k) >= 2:
@@ -196,8 +204,8 @@ class DatasetBuilder:
             self._require_labelled(case.scribble, scribble_path, empty_scribble, IGNORE, stage)
         crop = case.record.get("crop")
         if isinstance(crop, dict) and crop["label_voxels_lost"]:
-            print(f"warning: {label_path}: {crop['label_voxels_lost']} labelled voxels lie outside the body "
-                  "box found in the images and were cropped away", file=sys.stderr)
+            print(f"warning: {label_path}: cropping to the body box found in the images drops "
+                  f"{counted(crop['label_voxels_lost'], 'labelled voxel')}", file=sys.stderr)
         for c, image in enumerate(case.images):
             self._write(image, self.root / "imagesTr" / f"{case.case}_{c:04d}{FILE_ENDING}")
         self._write(sitk.Cast(case.label, sitk.sitkUInt8), self.root / "labelsTr" / f"{case.case}{FILE_ENDING}")
@@ -229,6 +237,7 @@ class DatasetBuilder:
                            "cases": {c: self.records[c] for c in self.cases}},
             **extra)
         write_json(meta, self.root / "dataset.json")
+        (self.root / MARKER).write_text("made by cmfnet import\n")
         _open_permissions(self.root)
         return meta
 
@@ -242,10 +251,33 @@ def _open_permissions(root: Path) -> None:
         path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
-def _refuse_foreign_out(out: Path) -> None:
-    """Never replace a folder that is not a dataset (``--out ~`` must not wipe a home folder)."""
-    if out.exists() and not (out / "dataset.json").is_file() and (not out.is_dir() or any(out.iterdir())):
-        raise InputError(out, "exists and is not a dataset folder (no dataset.json); refusing to replace it")
+def _refuse_foreign_out(out: Path, rebuild: bool = False) -> None:
+    """Never replace a folder that is not a dataset (``--out ~`` must not wipe a home folder).
+
+    With ``rebuild`` (a whole-dataset import), an import's folder whose dataset.json is gone may be
+    replaced: that is what Snakemake leaves when it reruns the import.
+    """
+    if not out.exists() or (out / "dataset.json").is_file():
+        return
+    if out.is_dir() and (not any(out.iterdir()) or (rebuild and (out / MARKER).is_file())):
+        return
+    raise InputError(out, "exists and is not a dataset folder (no dataset.json); refusing to replace it")
+
+
+def _clean_leftovers(out: Path) -> None:
+    for note in recover_leftovers(out):
+        print(f"note: {note}", file=sys.stderr)
+
+
+def _refuse_existing_dataset(out: Path, force: bool) -> None:
+    """A whole-dataset import replaces ``out`` (its scribbles too): only with ``--force``."""
+    if force or not (out / "dataset.json").is_file():
+        return
+    scribbles = out / "scribblesTr"
+    variants = sorted(p.name for p in scribbles.iterdir() if p.is_dir()) if scribbles.is_dir() else []
+    held = f" and scribbles {', '.join(variants)}" if variants else ""
+    raise InputError(out, f"already holds a dataset{held}; pass --force to replace it (scribbles included), "
+                          "or choose another --out")
 
 
 def _summary(out: Path, meta: dict[str, Any]) -> str:
@@ -258,7 +290,7 @@ def _summary(out: Path, meta: dict[str, Any]) -> str:
     else:
         split_text = f"{len(splits)}-fold" + (" (val reuses the training case)" if protocol.get(VAL_FROM_TRAIN) else "")
     labels = sorted(meta["labels"], key=meta["labels"].get)
-    return (f"{out}: {len(meta['cases'])} cases, channels {','.join(meta['channel_names'].values())}, "
+    return (f"{out}: {counted(len(meta['cases']), 'case')}, channels {','.join(meta['channel_names'].values())}, "
             f"classes {','.join(labels)}, spacing {_mm(tuple(meta['spacing']))} mm (z,y,x), splits {split_text}")
 
 
@@ -281,13 +313,19 @@ def _import_cases(args: argparse.Namespace, *, channels: list[str], labels: dict
                   **extra: Any) -> int:
     """The part every whole-dataset importer shares: build, write dataset.json, print the summary."""
     out = Path(args.out)
-    _refuse_foreign_out(out)
+    _clean_leftovers(out)
+    _refuse_foreign_out(out, rebuild=True)
+    _refuse_existing_dataset(out, args.force)
     config = _config_from_args(args)
+    started = time.monotonic()
     with atomic_dir(out) as tmp:
         builder = DatasetBuilder(tmp, channels, labels, kinds, config, args.allow_empty_labels)
-        for case in cases:
+        for number, case in enumerate(cases, 1):
             volumes, label_path, scribble_path = load(case)
             builder.add(volumes, label_path, scribble_path)
+            # one line per case on stderr, so a log file shows how far a long import got
+            print(f"import: case {number}/{len(cases)} {case} done ({time.monotonic() - started:.0f} s)",
+                  file=sys.stderr, flush=True)
         meta = builder.finish(args.name or out.name, splits, protocol, _normalization(channels, kinds, args),
                               source, **extra)
     print(_summary(out, meta))
@@ -295,15 +333,35 @@ def _import_cases(args: argparse.Namespace, *, channels: list[str], labels: dict
 
 
 # -- paired: one case of co-acquired modalities ---------------------------------------------------
+def _labels_file(path: Path) -> dict[str, int]:
+    """A labels JSON: ``{"background": 0, "tumour": 1}``, or a file holding that as its "labels"
+    (an nnU-Net v2 dataset.json)."""
+    data = read_json(path)
+    if isinstance(data, dict) and isinstance(data.get("labels"), dict):
+        data = data["labels"]
+    if not isinstance(data, dict) or not data:
+        raise InputError(path, 'expected a JSON object of class names to ids, e.g. {"background": 0, "tumour": 1}')
+    for name, value in data.items():
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InputError(path, f"label '{name}' has value {json.dumps(value)}, not an integer id")
+    return dict(data)
+
+
 def _parse_labels(text: str) -> dict[str, int]:
-    labels = {}
-    for item in text.split(","):
-        name, _, value = item.partition("=")
-        if not name.strip() or not value.strip().isdigit():
-            raise InputError("--labels", f"expected name=id pairs such as background=0,tumour=1, got '{item}'")
-        labels[name.strip()] = int(value)
+    """``--labels``: name=id pairs (background=0,tumour=1) or a labels JSON file."""
+    if text.lower().endswith(".json") or Path(text).is_file():
+        source: str | Path = Path(text)
+        labels = _labels_file(Path(text))
+    else:
+        source, labels = "--labels", {}
+        for item in text.split(","):
+            name, _, value = item.partition("=")
+            if not name.strip() or not value.strip().isdigit():
+                raise InputError("--labels", f"expected name=id pairs such as background=0,tumour=1 or a "
+                                             f"labels JSON file, got '{item}'")
+            labels[name.strip()] = int(value)
     if sorted(labels.values()) != list(range(len(labels))) or labels.get("background") != 0:
-        raise InputError("--labels", f"ids must be 0..K with background=0, got {labels}")
+        raise InputError(source, f"ids must be 0..K with background=0, got {labels}")
     return labels
 
 
@@ -350,11 +408,27 @@ def _existing_settings(meta_path: Path, meta: dict[str, Any], args: argparse.Nam
     return recorded
 
 
+def _onto_reference(labelmap: sitk.Image, path: Path, what: str, unlabelled: int, reference: sitk.Image,
+                    reference_path: Path) -> sitk.Image:
+    """A label map resampled onto the first image's grid; refused when it lies wholly outside that
+    image's field of view (it would otherwise pass as an empty label), warned when partly."""
+    outside, total = labelled_outside(labelmap, reference, unlabelled)
+    if total and outside == total:
+        raise InputError(path, f"{what} lies outside the field of view of {reference_path} (none of its "
+                               f"{counted(total, 'labelled voxel')} falls inside it): is it drawn on this case, "
+                               "in physical coordinates of the same scanner frame?")
+    if outside:
+        print(f"warning: {path}: {outside} of {counted(total, 'labelled voxel')} lie outside the field of view "
+              f"of {reference_path} and are dropped", file=sys.stderr)
+    return resample_onto(labelmap, reference, labelmap=True, default=unlabelled)
+
+
 def run_paired(args: argparse.Namespace) -> int:
     out = Path(args.out)
     meta_path = out / "dataset.json"
+    _clean_leftovers(out)
     _refuse_foreign_out(out)
-    existing = read_json(meta_path) if meta_path.is_file() else None
+    existing = read_dataset_json(meta_path) if meta_path.is_file() else None
     image_paths = [Path(p) for p in args.image]
     if len(image_paths) < 2:
         raise InputError("--image", "give at least two co-acquired modalities (one --image each)")
@@ -383,7 +457,7 @@ def run_paired(args: argparse.Namespace) -> int:
         raise InputError("--channel-names", f"channel names must be unique, got {channels}")
     if len(image_paths) != len(channels):
         raise InputError(image_paths[-1], f"{len(image_paths)} images given for {len(channels)} channels {channels}")
-    case_id = check_case_id(args.case, image_paths[0])
+    case_id = check_case_id(args.case, "--case")
 
     images = [read_source(p, f"modality '{c}'") for p, c in zip(image_paths, channels, strict=True)]
     label_path = Path(args.label)
@@ -403,12 +477,17 @@ def run_paired(args: argparse.Namespace) -> int:
     for channel, image in zip(channels[1:], images[1:], strict=True):
         transform = None
         if args.register:
-            transform, record["registration"][channel] = register_rigid(reference, image)
+            def log(text: str, channel: str = channel) -> None:
+                print(f"register {channel} onto {channels[0]}: {text}", file=sys.stderr, flush=True)
+
+            transform, record["registration"][channel] = register_rigid(reference, image, log=log)
+            for warning in record["registration"][channel]["warnings"]:
+                print(f"warning: {image_paths[channels.index(channel)]}: {warning}", file=sys.stderr)
         aligned.append(resample_onto(image, reference, labelmap=False, default=outside_value(image),
                                      transform=transform))
-    label = resample_onto(label, reference, labelmap=True, default=0)
+    label = _onto_reference(label, label_path, "label", 0, reference, image_paths[0])
     if scribble is not None:
-        scribble = resample_onto(scribble, reference, labelmap=True, default=IGNORE)
+        scribble = _onto_reference(scribble, scribble_path, "scribble", IGNORE, reference, image_paths[0])
     case = CaseVolumes(case_id, aligned, label, scribble, record)
 
     protocol_before = (existing or {}).get("split_protocol", {})
@@ -416,7 +495,8 @@ def run_paired(args: argparse.Namespace) -> int:
     seed = args.seed if args.seed is not None else protocol_before.get("seed", DEFAULT_SEED)
     val_from_train = args.val_from_train or bool(protocol_before.get("allow_val_from_train"))
     align_step = {"step": "align", "onto": "first image's grid, physical coordinates",
-                  "registration": "rigid, mutual information (per case, when --register)",
+                  "registration": "rigid, mutual information (per case, when --register; applied only when "
+                                  "it raises the metric over the scanner geometry, see each case's record)",
                   "images": "linear", "labels": "nearest", "scribbles": "nearest (255 outside)"}
     with atomic_dir(out) as tmp:
         if existing:
@@ -662,8 +742,12 @@ def _nnunet_labels(meta_path: Path, meta: dict[str, Any]) -> dict[str, int]:
     if "ignore" in labels:
         raise InputError(meta_path, "has an 'ignore' label (sparse annotations): import dense labels; scribbles "
                                     "belong in scribblesTr/<variant>/")
-    if not all(isinstance(v, int) for v in labels.values()):
-        raise InputError(meta_path, "region-based labels (lists of ids) are not supported; give one id per class")
+    for name, value in labels.items():
+        if isinstance(value, list):
+            raise InputError(meta_path, f"label '{name}' is region-based ({value}): not supported; give one id "
+                                        "per class")
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InputError(meta_path, f"label '{name}' has value {json.dumps(value)}, not an integer id")
     if sorted(labels.values()) != list(range(len(labels))) or labels.get("background") != 0:
         raise InputError(meta_path, f"labels must be consecutive ids 0..K with background = 0, got {labels}")
     return {name: int(v) for name, v in labels.items()}
@@ -756,11 +840,15 @@ def _common_options(paired: bool) -> argparse.ArgumentParser:
     prep.add_argument("--target-spacing", type=float, nargs=3, metavar=("Z", "Y", "X"),
                       help="resample to this spacing in mm (images linear, labels nearest)")
     prep.add_argument("--ct-window", type=float, nargs=2, metavar=("LO", "HI"),
-                      help="declared CT normalisation window in HU (default -160 240)")
+                      help="declared CT normalisation window in HU (default -160 240, abdominal soft "
+                           "tissue; thorax or PET/CT: see docs/real-data.md, 'Choosing a CT window')")
     prep.add_argument("--mr-clip-percentiles", type=float, nargs=2, metavar=("LO", "HI"),
                       help="declared MR clipping percentiles before z-scoring (default 0.5 99.5)")
     parser.add_argument("--allow-empty-labels", action="store_true",
                         help="accept cases whose label has no foreground voxel")
+    if not paired:
+        parser.add_argument("--force", action="store_true",
+                            help="replace an existing dataset at --out, its scribbles included")
     return parser
 
 
@@ -779,10 +867,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     paired.add_argument("--scribble", metavar="FILE", help="scribble (0 bg, k class, 255 unlabelled)")
     paired.add_argument("--scribble-variant", default=GIVEN, help="scribblesTr/<variant> (default given)")
     paired.add_argument("--channel-names", help="e.g. CT,MR (required for a new dataset)")
-    paired.add_argument("--labels", help="e.g. background=0,tumour=1 (required for a new dataset)")
+    paired.add_argument("--labels", help="e.g. background=0,tumour=1, or a labels JSON file "
+                                         "({\"background\": 0, \"tumour\": 1}) (required for a new dataset)")
     how = paired.add_mutually_exclusive_group()
     how.add_argument("--no-resample", action="store_true", help="refuse modalities on different grids")
-    how.add_argument("--register", action="store_true", help="rigidly align each modality to the first (MI)")
+    how.add_argument("--register", action="store_true",
+                     help="rigidly align each modality to the first (MI), kept only if it improves MI; "
+                          "without it the scanner geometry is trusted (series sharing a frame of reference)")
     paired.set_defaults(func=run_paired)
 
     word = formats.add_parser("word", parents=[common], help="the WORD release (fixed 100/20/30 split)")

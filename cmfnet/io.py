@@ -14,7 +14,9 @@ Arrays are always in SimpleITK's array order (z, y, x) and spacings are given in
 
 from __future__ import annotations
 
+import functools
 import gzip
+import importlib.resources
 import json
 import os
 import re
@@ -28,14 +30,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import numpy as np
 import SimpleITK as sitk
 
 from cmfnet.errors import InputError
+from cmfnet.normalize import SCHEMES
 
 IGNORE = 255
 FILE_ENDING = ".nii.gz"
 GRID_TOLERANCE = 1e-3
+CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # as dataset.schema.json's case id pattern
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,8 @@ class Geometry:
 def read_image(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
     """Read a NIfTI (or any SimpleITK format) into a (z, y, x) array and its geometry."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(path, "is a directory, not an image file")
     if not path.is_file():
         raise InputError(path, "file not found")
     problem = nifti_problem(path)
@@ -224,23 +231,51 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
 _PARTIAL = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.part(\..+)?$|^\..+\.old$")
 
 
-def leftover_partials(folder: str | os.PathLike) -> list[Path]:
-    """Partial files and folders a killed write left in ``folder`` (SIGKILL runs no cleanup)."""
+def _partial_of(name: str) -> re.Pattern[str]:
+    """The temporary names atomic_path/atomic_dir make for ``name`` only."""
+    return re.compile(rf"^\.{re.escape(name)}\.[A-Za-z0-9_]{{8}}\.part(\..+)?$|^\.{re.escape(name)}\.old$")
+
+
+def leftover_partials(folder: str | os.PathLike, name: str | None = None) -> list[Path]:
+    """Partial files and folders a killed write left in ``folder`` (SIGKILL runs no cleanup).
+
+    With ``name``, only those of a write to ``folder/name`` (another write may be running beside it).
+    """
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if _PARTIAL.match(p.name))
+    pattern = _PARTIAL if name is None else _partial_of(name)
+    return sorted(p for p in folder.iterdir() if pattern.match(p.name))
 
 
-def remove_leftover_partials(folder: str | os.PathLike) -> list[Path]:
+def remove_leftover_partials(folder: str | os.PathLike, name: str | None = None) -> list[Path]:
     """Delete what :func:`leftover_partials` finds (only names this module makes); return them."""
-    removed = leftover_partials(folder)
+    removed = leftover_partials(folder, name)
     for path in removed:
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
     return removed
+
+
+def recover_leftovers(path: str | os.PathLike) -> list[str]:
+    """Undo what a killed earlier :func:`atomic_dir` write to ``path`` left; say what, one note each.
+
+    A kill between its two renames leaves no ``path`` but the previous folder as ``.NAME.old``:
+    that is put back (the interrupted write never finished). Then the hidden ``.NAME.*.part``
+    leftovers of ``path`` only (never those of another folder beside it) are removed.
+    """
+    path = Path(path)
+    notes = []
+    old = path.with_name(f".{path.name}.old")
+    if not path.exists() and old.is_dir() and not old.is_symlink():
+        os.replace(old, path)
+        notes.append(f"{path}: restored the previous folder from {old.name} (an earlier write was killed "
+                     "while swapping folders)")
+    for leftover in remove_leftover_partials(path.parent, path.name):
+        notes.append(f"removed {leftover}, left by a killed earlier write")
+    return notes
 
 
 def write_image(array: np.ndarray, path: str | os.PathLike, geometry: Geometry) -> None:
@@ -279,6 +314,112 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+def counted(count: int, noun: str, plural: str | None = None) -> str:
+    """``1 case``, ``2 cases``: a number with its noun in the right number."""
+    return f"{count} {noun if count == 1 else plural or noun + 's'}"
+
+
+# -- dataset.json: one schema, checked here for every reader ----------------------------------------
+@functools.cache
+def _dataset_validator() -> jsonschema.protocols.Validator:
+    text = importlib.resources.files("cmfnet").joinpath("dataset.schema.json").read_text()
+    schema = json.loads(text)
+    return jsonschema.validators.validator_for(schema)(schema)
+
+
+def _field(path: Any) -> str:
+    """A JSON location as the user would write it: ``splits[0].train[2]``, ``labels.tumour``."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _found(value: Any) -> str:
+    """What a wrong value is, in a few words (``an object``, ``the string 'abc'``, ``null``)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"the boolean {json.dumps(value)}"
+    if isinstance(value, (int, float)):
+        return f"the number {value}"
+    if isinstance(value, str):
+        return f"the string {value[:60]!r}"
+    if isinstance(value, list):
+        return f"a list of {counted(len(value), 'item')}"
+    return "an object" if isinstance(value, dict) else type(value).__name__
+
+
+def _schema_message(error: jsonschema.ValidationError) -> str:
+    """One schema violation as one sentence naming the field."""
+    field = _field(error.absolute_path)
+    where = f"'{field}'" if field else "dataset.json"
+    if error.validator == "required":
+        missing = next(k for k in error.validator_value if k not in error.instance)
+        return f"missing key '{missing}'" if not field else f"{where}: missing key '{missing}'"
+    if error.validator == "additionalProperties" and error.validator_value is False:
+        allowed = ", ".join(error.schema.get("properties", {}))
+        unknown = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        return f"{where}: unknown key {', '.join(repr(k) for k in unknown)} (allowed: {allowed})"
+    if "propertyNames" in error.schema_path:
+        return f"{where}: key {error.instance!r} must be {error.schema['description']}"
+    expected = error.schema.get("description", error.message)
+    if error.validator in ("minItems", "maxItems", "minProperties") and isinstance(error.instance, (list, dict)):
+        return f"{where} must be {expected}, found {counted(len(error.instance), 'item')}"
+    return f"{where} must be {expected}, found {_found(error.instance)}"
+
+
+def _meaning_problems(meta: dict[str, Any]) -> list[str]:
+    """What a schema cannot say: channel keys 0..N-1, labels 0..K with background 0, unique case
+    ids, numTraining, and normalisation entries for known channels with known schemes."""
+    problems = []
+    channels = meta["channel_names"]
+    if sorted(channels, key=int) != [str(i) for i in range(len(channels))]:
+        problems.append(f"'channel_names' keys must be '0'..'{len(channels) - 1}', found {sorted(channels, key=int)}")
+    ids = sorted(meta["labels"].values())
+    if ids != list(range(len(ids))):
+        problems.append(f"'labels' must map names to consecutive ids 0..K, found {meta['labels']}")
+    elif meta["labels"].get("background") != 0:
+        problems.append("'labels': id 0 must be named 'background'")
+    cases = meta["cases"]
+    duplicates = sorted({c for c in cases if cases.count(c) > 1})
+    if duplicates:
+        problems.append(f"'cases': duplicate case ids {duplicates[:5]}")
+    if "numTraining" in meta and meta["numTraining"] != len(cases):
+        problems.append(f"'numTraining' {meta['numTraining']} != the {counted(len(cases), 'case')} listed")
+    names = set(channels.values())
+    for name, spec in meta.get("normalization", {}).items():
+        if name not in names:
+            problems.append(f"'normalization.{name}': no channel named '{name}'")
+        elif spec.get("scheme", "zscore") not in SCHEMES:
+            problems.append(f"'normalization.{name}.scheme': unknown scheme '{spec['scheme']}' "
+                            f"(known: {', '.join(SCHEMES)})")
+    return problems
+
+
+def dataset_json_problems(meta: Any) -> list[str]:
+    """Every problem of a parsed dataset.json, one sentence each, naming the field; [] if sound.
+
+    The types come from ``dataset.schema.json``; only when they are right are the meanings
+    checked. Split coverage (every case tested once, ...) is :func:`cmfnet.splits.check_splits`.
+    """
+    errors = sorted(_dataset_validator().iter_errors(meta), key=lambda e: [str(p) for p in e.absolute_path])
+    if errors:
+        return list(dict.fromkeys(_schema_message(e) for e in errors))
+    return _meaning_problems(meta)
+
+
+def read_dataset_json(path: str | os.PathLike) -> dict[str, Any]:
+    """A dataset.json that holds to the schema, or an InputError naming the file and the field."""
+    meta = read_json(path)
+    problems = dataset_json_problems(meta)
+    if problems:
+        more = f" (and {counted(len(problems) - 1, 'more problem')}: cmfnet validate lists them)" \
+            if len(problems) > 1 else ""
+        raise InputError(path, problems[0] + more)
+    return meta
+
+
 class Dataset:
     """A dataset folder in the suite's format, with validating loaders.
 
@@ -288,10 +429,7 @@ class Dataset:
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
-        self.meta: dict[str, Any] = read_json(self.root / "dataset.json")
-        for key in ("channel_names", "labels", "cases"):
-            if key not in self.meta:
-                raise InputError(self.root / "dataset.json", f"missing key '{key}'")
+        self.meta: dict[str, Any] = read_dataset_json(self.root / "dataset.json")
 
     # -- description -------------------------------------------------------------------------
     @property
@@ -359,7 +497,7 @@ class Dataset:
         """All channels of a case as a float32 (C, z, y, x) array, after checking they share a grid."""
         arrays, first = [], None
         for path in self.image_paths(case):
-            if not path.is_file():
+            if not path.exists():
                 raise InputError(path, f"missing modality '{self.channels[len(arrays)]}' of case {case}")
             array, geometry = read_image(path)
             if first is None:

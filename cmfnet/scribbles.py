@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -64,7 +65,7 @@ from scipy import ndimage
 from skimage.morphology import skeletonize
 
 from cmfnet.errors import InputError
-from cmfnet.io import FILE_ENDING, IGNORE, Dataset, atomic_dir, write_image, write_json
+from cmfnet.io import FILE_ENDING, IGNORE, Dataset, atomic_dir, counted, recover_leftovers, write_image, write_json
 
 EIGHT_CONNECTED = ndimage.generate_binary_structure(2, 2)
 FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
@@ -374,6 +375,8 @@ def make_scribbles(dataset_dir: str | Path, variant: str, seed: int = 0, **optio
     if not cases:
         raise InputError(dataset.root / "dataset.json", "no case is in any fold's training list")
     per_case: dict[str, dict[str, float]] = {}
+    for note in recover_leftovers(dataset.root / "scribblesTr" / variant):
+        print(f"note: {note}", file=sys.stderr)
     with atomic_dir(dataset.root / "scribblesTr" / variant) as folder:
         for case in cases:
             label = dataset.load_label(case)
@@ -401,7 +404,7 @@ def format_coverage(report: dict[str, Any]) -> str:
     names = list(report["classes"].values())
     width = max(len("class"), *(len(n) for n in names))
     lines = [f"scribble coverage, variant {report['variant']}, seed {report['seed']}, "
-             f"{len(report['cases'])} training cases (% of image voxels)",
+             f"{counted(len(report['cases']), 'training case')} (% of image voxels)",
              f"{'class':<{width}}  {'mean':>8}  {'min':>8}  {'max':>8}"]
     for name in names:
         values = [c[name] for c in cases]

@@ -30,6 +30,7 @@ import argparse
 import functools
 import json
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,7 @@ from threadpoolctl import threadpool_limits
 
 from cmfnet import __version__
 from cmfnet.errors import InputError
-from cmfnet.io import Geometry, atomic_dir, make_dataset_json, write_image, write_json
+from cmfnet.io import Geometry, atomic_dir, counted, make_dataset_json, recover_leftovers, write_image, write_json
 from cmfnet.splits import check_splits, fixed_split, kfold_splits
 
 Shape = tuple[int, int, int]
@@ -577,7 +578,7 @@ def splits_for(kind: str, cases: list[str], folds: int = 5) -> list[dict[str, li
         splits = kfold_splits(cases, folds=folds)
     problems = check_splits(cases, splits)
     if problems:
-        raise InputError("--cases", f"cannot split {len(cases)} cases: {problems[0]}")
+        raise InputError("--cases", f"cannot split {counted(len(cases), 'case')}: {problems[0]}")
     return splits
 
 
@@ -613,6 +614,8 @@ def synthesize(kind: str, n_cases: int, out: Path, seed: int = 0,
     if n_cases < 1:
         raise InputError("--cases", f"expected a positive number of cases, got {n_cases}")
     out = Path(out)
+    for note in recover_leftovers(out):
+        print(f"note: {note}", file=sys.stderr)
     _check_out(out)
     spacing = spacing_for(kind, shape)
     width = max(3, len(str(n_cases - 1)))
@@ -667,7 +670,7 @@ def _run(args: argparse.Namespace) -> int:
     spec = KINDS[args.kind]
     shape = tuple(args.shape) if args.shape else spec.default_shape
     spacing = spacing_for(args.kind, shape)
-    print(f"synth {args.kind}: {args.cases} cases -> {out} | channels {', '.join(spec.channels)} | "
+    print(f"synth {args.kind}: {counted(args.cases, 'case')} -> {out} | channels {', '.join(spec.channels)} | "
           f"classes {', '.join(spec.labels)} | spacing {' x '.join(f'{v:g}' for v in spacing)} mm "
           f"(z y x) | shape {' x '.join(str(n) for n in shape)}")
     return 0

@@ -19,8 +19,8 @@ a one-line summary) otherwise. What is checked:
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,16 +28,18 @@ from typing import Any
 import numpy as np
 
 from cmfnet.errors import InputError
-from cmfnet.io import FILE_ENDING, IGNORE, Geometry, read_image, read_json
-from cmfnet.normalize import SCHEMES
+from cmfnet.io import (CASE_ID, FILE_ENDING, IGNORE, Geometry, counted, dataset_json_problems,
+                       leftover_partials, read_image, read_json)
 from cmfnet.splits import check_splits
 
-CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 VAL_FROM_TRAIN = "val_from_train"
 SCRIBBLE_REPORT = "coverage.json"  # what `cmfnet scribble` writes next to a variant's scribbles
 
 def read_volume(path: Path, what: str) -> tuple[np.ndarray, Geometry]:
     """Read one 3D volume, refusing truncated or corrupt files (InputError naming ``path``)."""
+    if path.is_dir():
+        raise InputError(path, f"is a directory, not an image file ({what}); give one NIfTI file "
+                               "(convert a DICOM series to NIfTI first)")
     if not path.is_file():
         raise InputError(path, f"missing {what}")
     array, geometry = read_image(path)
@@ -93,39 +95,6 @@ def split_problems(cases: list[str], splits: list[dict[str, Any]],
     return problems + check_splits(cases, checked)
 
 
-def _meta_problems(meta: dict[str, Any]) -> list[str]:
-    problems = []
-    for key in ("channel_names", "labels", "cases", "splits"):
-        if key not in meta:
-            problems.append(f"missing key '{key}'")
-    if problems:
-        return problems
-    channels = meta["channel_names"]
-    if sorted(channels) != [str(i) for i in range(len(channels))] or not channels:
-        problems.append(f"channel_names keys must be '0'..'{len(channels) - 1}', found {sorted(channels)}")
-    values = sorted(meta["labels"].values()) if isinstance(meta["labels"], dict) else None
-    if values is None or not all(isinstance(v, int) for v in values) or values != list(range(len(values))):
-        problems.append(f"labels must map names to consecutive ids 0..K, found {meta['labels']}")
-    elif meta["labels"].get("background") != 0:
-        problems.append("label 0 must be named 'background'")
-    cases = meta["cases"]
-    duplicates = sorted({c for c in cases if cases.count(c) > 1})
-    if duplicates:
-        problems.append(f"duplicate case ids {duplicates[:5]}")
-    odd = [c for c in cases if not isinstance(c, str) or not CASE_ID.match(c)]
-    if odd:
-        problems.append(f"invalid case ids {odd[:5]}")
-    if "numTraining" in meta and meta["numTraining"] != len(cases):
-        problems.append(f"numTraining {meta['numTraining']} != {len(cases)} cases")
-    names = set(channels.values()) if isinstance(channels, dict) else set()
-    for name, spec in (meta.get("normalization") or {}).items():
-        if name not in names:
-            problems.append(f"normalization for unknown channel '{name}'")
-        elif spec.get("scheme", "zscore") not in SCHEMES:
-            problems.append(f"normalization of '{name}': unknown scheme '{spec.get('scheme')}'")
-    return problems
-
-
 class _Checker:
     """Collects ``path: problem`` lines for one dataset folder."""
 
@@ -159,23 +128,40 @@ class _Checker:
 
 
 def _stray_files(folder: Path, expected: set[str]) -> Iterator[Path]:
+    """Unexpected entries of ``folder``, except partial files (reported as such)."""
+    partial = set(leftover_partials(folder))
     if folder.is_dir():
         for path in sorted(folder.iterdir()):
-            if path.name not in expected:
+            if path.name not in expected and path not in partial:
                 yield path
+
+
+def _partial_problem(path: Path) -> str:
+    kind = "folder" if path.is_dir() else "file"
+    return (f"partial {kind} left by a killed write (SIGKILL, power loss): not part of the dataset; "
+            "delete it (rerunning the command that wrote it also removes it)")
+
+
+def leftovers_beside(root: Path) -> list[str]:
+    """Warnings for what a killed write of ``root`` itself left beside it (``.NAME.*.part``,
+    ``.NAME.old``): they do not affect the dataset, but take space and confuse."""
+    return [f"{path}: {_partial_problem(path)}" for path in leftover_partials(root.parent, root.name)]
 
 
 def validate_dataset(root: Path) -> tuple[list[str], str]:
     """All problems of a dataset folder (``path: problem`` lines) and a one-line summary."""
     if not root.is_dir():
-        raise InputError(root, "not a directory")
+        leftovers = ", ".join(p.name for p in leftover_partials(root.parent, root.name))
+        raise InputError(root, ("not a directory" if root.exists() else "no such folder")
+                         + (f" (a killed write left {leftovers} beside it: rerun the command that makes it)"
+                            if leftovers else ""))
     check = _Checker()
     meta_path = root / "dataset.json"
     try:
         meta = read_json(meta_path)
     except InputError as err:
         return [f"{meta_path}: {err.problem}"], ""
-    meta_problems = _meta_problems(meta) if isinstance(meta, dict) else ["not a JSON object"]
+    meta_problems = dataset_json_problems(meta)
     for problem in meta_problems:
         check.add(meta_path, problem)
     if meta_problems:
@@ -207,13 +193,16 @@ def validate_dataset(root: Path) -> tuple[list[str], str]:
                        set(range(num_classes)), None)
 
     scribble_root = root / "scribblesTr"
-    variants = sorted(p for p in scribble_root.iterdir() if p.is_dir()) if scribble_root.is_dir() else []
+    partial_variants = set(leftover_partials(scribble_root))
+    variants = sorted(p for p in scribble_root.iterdir() if p.is_dir() and p not in partial_variants) \
+        if scribble_root.is_dir() else []
+    for folder in [root, root / "imagesTr", root / "labelsTr", scribble_root, *variants]:
+        for path in leftover_partials(folder):
+            check.add(path, _partial_problem(path))
     scribble_counts = {}
     for folder in variants:
         present = set()
-        for path in sorted(folder.iterdir()):
-            if path.name == SCRIBBLE_REPORT:
-                continue
+        for path in _stray_files(folder, {SCRIBBLE_REPORT}):
             case = path.name[:-len(FILE_ENDING)] if path.name.endswith(FILE_ENDING) else None
             if case not in cases:
                 check.add(path, "not a scribble of a listed case")
@@ -226,7 +215,7 @@ def validate_dataset(root: Path) -> tuple[list[str], str]:
                            IGNORE)
         missing = sorted(training - present)
         if missing:
-            check.add(folder, f"no scribble for training cases {missing[:5]}"
+            check.add(folder, f"no scribble for training {'case' if len(missing) == 1 else 'cases'} {missing[:5]}"
                               + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
         scribble_counts[folder.name] = len(present)
 
@@ -243,8 +232,8 @@ def validate_dataset(root: Path) -> tuple[list[str], str]:
     kind = f"{len(splits)}-fold" if len(splits) > 1 else "fixed train/val/test"
     label_names = sorted(meta["labels"], key=meta["labels"].get)
     scribbles = ", ".join(f"{v} ({n})" for v, n in scribble_counts.items()) or "none"
-    summary = (f"{root}: valid: {len(cases)} cases, channels {','.join(channels)}, "
-               f"{num_classes} classes ({','.join(label_names)}), median spacing "
+    summary = (f"{root}: valid: {counted(len(cases), 'case')}, channels {','.join(channels)}, "
+               f"{counted(num_classes, 'class', 'classes')} ({','.join(label_names)}), median spacing "
                f"{'x'.join(f'{s:g}' for s in median)} mm (z,y,x), splits {kind}, scribbles {scribbles}")
     return check.problems, summary
 
@@ -252,10 +241,12 @@ def validate_dataset(root: Path) -> tuple[list[str], str]:
 def run(args: argparse.Namespace) -> int:
     root = Path(args.dataset)
     problems, summary = validate_dataset(root)
+    for line in leftovers_beside(root):
+        print(f"warning: {line}", file=sys.stderr)
     for line in problems:
         print(line)
     if problems:
-        print(f"cmfnet validate: {len(problems)} problem(s) in {root}", flush=True)
+        print(f"cmfnet validate: {counted(len(problems), 'problem')} in {root}", flush=True)
         return 1
     print(summary)
     return 0

@@ -4,8 +4,10 @@ present and on small crafted files for every bad input."""
 from __future__ import annotations
 
 import json
-import shutil
 import os
+import re
+import shutil
+import tempfile
 from pathlib import Path
 
 import h5py
@@ -514,3 +516,275 @@ def test_nifti_problem_detects_truncation(tmp_path):
         path = write(tmp_path / name, np.ones((8, 8, 8), np.float32))
         assert nifti_problem(path) is None
         assert "truncated" in nifti_problem(truncate(path))
+
+
+# -- reruns: leftovers of a killed import, replacing a dataset ---------------------------------------
+def killed_write_leftover(out: Path) -> Path:
+    """What SIGKILL during atomic_dir(out) leaves: a hidden, half-filled ``.NAME.XXXXXXXX.part`` folder."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    leftover = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent))
+    (leftover / "imagesTr").mkdir()
+    (leftover / "imagesTr" / "half.nii.gz").write_bytes(b"\x1f\x8b")
+    return leftover
+
+
+def test_rerun_removes_only_its_own_partial_folders(run, tmp_path, capsys):
+    out = tmp_path / "data" / "npc"
+    mine = killed_write_leftover(out)
+    other = killed_write_leftover(tmp_path / "data" / "npc2")  # another dataset's import, maybe running
+    src = nnunet_source(tmp_path / "Dataset001_NPC", 3)
+    assert run("import", "nnunet", "--src", src, "--out", out, "--val-from-train") == 0
+    err = capsys.readouterr().err
+    assert f"note: removed {mine}, left by a killed earlier write" in err
+    assert not mine.exists() and other.is_dir()
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted(["npc", other.name])
+
+
+def test_paired_restores_the_dataset_a_kill_left_as_old(run, tmp_path, capsys):
+    """Killed between atomic_dir's two renames: no npc/, the previous dataset in .npc.old."""
+    out = tmp_path / "npc"
+    assert run(*paired_case(tmp_path / "src", "p0"), "--out", out, *NEW) == 0
+    os.replace(out, tmp_path / ".npc.old")
+    killed_write_leftover(out)
+    assert run(*paired_case(tmp_path / "src", "p1"), "--out", out) == 0
+    assert "restored the previous folder from .npc.old" in capsys.readouterr().err
+    assert meta(out)["cases"] == ["p0", "p1"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["npc", "src"]
+
+
+@pytest.mark.parametrize("importer", ["nnunet", "word", "acdc", "brats"])
+def test_whole_dataset_import_replaces_a_dataset_only_with_force(run, tmp_path, capsys, importer):
+    if importer == "nnunet":
+        argv = ["--src", nnunet_source(tmp_path / "src", 3), "--val-from-train"]
+    elif importer == "word":
+        make_word(tmp_path / "src")
+        argv = ["--src", tmp_path / "src"]
+    elif importer == "acdc":
+        (tmp_path / "acdc_src").mkdir()
+        argv = scenario_acdc_empty_scribble(tmp_path / "acdc_src")[0][2:]
+        (tmp_path / "acdc_src" / "patient001_frame01.h5").unlink()  # the empty scribble
+        argv += ["--val-from-train"]
+    else:
+        rng = np.random.default_rng(0)
+        for case in ("BraTS19_A_1", "BraTS19_B_1", "BraTS19_C_1"):
+            brats_2019_case(tmp_path / "src", case, rng)
+        argv = ["--src", tmp_path / "src", "--modalities", "flair,t1ce"]
+    out = tmp_path / "out"
+    assert run("import", importer, *argv, "--out", out) == 0
+    (out / "scribblesTr" / "sim").mkdir(parents=True)
+    (out / "scribblesTr" / "sim" / "coverage.json").write_text("{}")  # what `cmfnet scribble` made
+    before = (out / "dataset.json").read_text()
+    capsys.readouterr()
+    assert run("import", importer, *argv, "--out", out) == 2
+    line = error_line(capsys)
+    assert line.startswith(f"cmfnet import: error: {out}: already holds a dataset") and "sim" in line
+    assert "--force" in line and (out / "dataset.json").read_text() == before
+    assert (out / "scribblesTr" / "sim" / "coverage.json").is_file()
+    assert run("import", importer, *argv, "--out", out, "--force") == 0
+    assert not (out / "scribblesTr" / "sim").exists()
+
+
+def test_snakemake_rerun_rebuilds_an_import_whose_dataset_json_it_deleted(run, tmp_path):
+    src = nnunet_source(tmp_path / "src", 3)
+    out = tmp_path / "out"
+    assert run("import", "nnunet", "--src", src, "--out", out, "--val-from-train") == 0
+    (out / "dataset.json").unlink()  # Snakemake removes a job's outputs before rerunning it
+    assert run("import", "nnunet", "--src", src, "--out", out, "--val-from-train") == 0
+    assert meta(out)["cases"] == ["npc_000", "npc_001", "npc_002"]
+
+
+def test_paired_appends_without_force(run, tmp_path):
+    out = tmp_path / "npc"
+    assert run(*paired_case(tmp_path / "src", "p0"), "--out", out, *NEW) == 0
+    assert run(*paired_case(tmp_path / "src", "p1"), "--out", out) == 0
+    assert meta(out)["cases"] == ["p0", "p1"]
+
+
+# -- --labels as a JSON file ------------------------------------------------------------------------
+def test_labels_from_a_json_file(run, tmp_path):
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps({"background": 0, "tumour": 1}))
+    out = tmp_path / "npc"
+    assert run(*paired_case(tmp_path / "src", "p0"), "--out", out, "--channel-names", "CT,MR",
+               "--labels", labels) == 0
+    assert meta(out)["labels"] == {"background": 0, "tumour": 1}
+    nnunet_style = tmp_path / "dataset.json"
+    nnunet_style.write_text(json.dumps({"labels": {"background": 0, "tumour": 1}, "channel_names": {}}))
+    assert run(*paired_case(tmp_path / "src", "p1"), "--out", out, "--labels", nnunet_style) == 0
+
+
+@pytest.mark.parametrize("content, problem", [
+    ('{"background": 0, "tumour": "one"}', "label 'tumour' has value \"one\", not an integer id"),
+    ('{"background": 0, "tumour": 2}', "ids must be 0..K with background=0"),
+    ('["background", "tumour"]', "expected a JSON object of class names to ids"),
+    ('{"background": 0,', "invalid JSON"),
+])
+def test_bad_labels_file_is_one_line_naming_it(run, tmp_path, capsys, content, problem):
+    labels = tmp_path / "labels.json"
+    labels.write_text(content)
+    assert run(*paired_case(tmp_path / "src", "p0"), "--out", tmp_path / "npc", "--channel-names", "CT,MR",
+               "--labels", labels) == 2
+    line = error_line(capsys)
+    assert line.startswith(f"cmfnet import: error: {labels}: ") and problem in line, line
+    assert not (tmp_path / "npc").exists()
+
+
+# -- wording of bad input ---------------------------------------------------------------------------
+def test_directory_given_as_image_is_called_a_directory(run, tmp_path, capsys):
+    args = paired_case(tmp_path / "src", "p0")
+    series = tmp_path / "dicom_series"
+    series.mkdir()
+    args[args.index("--image") + 3] = series
+    assert run(*args, "--out", tmp_path / "npc", *NEW) == 2
+    line = error_line(capsys)
+    assert line.startswith(f"cmfnet import: error: {series}: is a directory, not an image file"), line
+    assert "missing" not in line
+
+
+def test_label_outside_the_field_of_view_says_so(run, tmp_path, capsys):
+    args = paired_case(tmp_path / "src", "p0")
+    label = args[args.index("--label") + 1]
+    write(label, blob_label((6, 16, 16), (3, 8, 8), 3), (3.0, 1.0, 1.0), origin=(500.0, 0.0, 0.0))
+    assert run(*args, "--out", tmp_path / "npc", *NEW) == 2
+    line = error_line(capsys)
+    assert line.startswith(f"cmfnet import: error: {label}: label lies outside the field of view of "), line
+    assert "empty" not in line
+
+
+def test_label_partly_outside_the_field_of_view_warns(run, tmp_path, capsys):
+    args = paired_case(tmp_path / "src", "p0")
+    label = args[args.index("--label") + 1]
+    write(label, blob_label((6, 16, 16), (3, 8, 8), 3), (3.0, 1.0, 1.0), origin=(10.0, 0.0, 0.0))
+    assert run(*args, "--out", tmp_path / "npc", *NEW) == 0
+    assert re.search(rf"warning: {re.escape(str(label))}: \d+ of \d+ labelled voxels lie outside the field of "
+                     "view", capsys.readouterr().err)
+
+
+def test_bad_case_id_names_the_id(run, tmp_path, capsys):
+    args = paired_case(tmp_path / "src", "p0")
+    args[args.index("--case") + 1] = "p 0/x"
+    assert run(*args, "--out", tmp_path / "npc", *NEW) == 2
+    line = error_line(capsys)
+    assert line.startswith("cmfnet import: error: case id 'p 0/x': invalid (from --case)"), line
+
+
+def test_bad_case_id_from_a_file_name_names_the_id_and_the_file(run, tmp_path, capsys):
+    src = nnunet_source(tmp_path / "src", 3)
+    bad = src / "imagesTr" / "npc 9_0000.nii.gz"
+    shutil.copy(src / "imagesTr" / "npc_000_0000.nii.gz", bad)
+    assert run("import", "nnunet", "--src", src, "--out", tmp_path / "npc") == 2
+    line = error_line(capsys)
+    assert line.startswith(f"cmfnet import: error: case id 'npc 9': invalid (from {bad})"), line
+
+
+@pytest.mark.parametrize("value, problem", [
+    ('"zero"', "label 'background' has value \"zero\", not an integer id"),
+    ("[1, 2]", "label 'background' is region-based ([1, 2])"),
+])
+def test_nnunet_label_values_are_named(run, tmp_path, capsys, value, problem):
+    src = nnunet_source(tmp_path / "src", 3)
+    info = json.loads((src / "dataset.json").read_text())
+    info["labels"]["background"] = json.loads(value)
+    (src / "dataset.json").write_text(json.dumps(info))
+    assert run("import", "nnunet", "--src", src, "--out", tmp_path / "npc") == 2
+    line = error_line(capsys)
+    assert line == f"cmfnet import: error: {src / 'dataset.json'}: {problem}" + (
+        ": not supported; give one id per class" if "region" in problem else ""), line
+
+
+def test_one_case_is_not_called_cases(run, tmp_path, capsys):
+    out = tmp_path / "npc"
+    assert run(*paired_case(tmp_path / "src", "p0"), "--out", out, *NEW) == 0
+    captured = capsys.readouterr()
+    assert f"{out}: 1 case, " in captured.out and "1 case(s)" not in captured.err
+    assert "1 case: cross-validation needs at least 2 cases" in captured.err
+    assert run("validate", out) == 1  # no splits yet
+    assert "cmfnet validate: 1 problem in" in capsys.readouterr().out
+
+
+# -- progress when not on a terminal ----------------------------------------------------------------
+def test_multi_case_import_logs_one_line_per_case(run, tmp_path, capsys):
+    src = nnunet_source(tmp_path / "src", 3)
+    assert run("import", "nnunet", "--src", src, "--out", tmp_path / "npc", "--val-from-train") == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("import: case ")]
+    assert [line.split()[2] for line in lines] == ["1/3", "2/3", "3/3"]
+    assert [line.split()[3] for line in lines] == ["npc_000", "npc_001", "npc_002"]
+
+
+# -- registration sanity ----------------------------------------------------------------------------
+def registration_pair(root: Path, shift: tuple[float, float, float], noise: float = 0.0) -> list:
+    """A CT-like and an inverted-contrast MR-like phantom on one grid, the MR content moved by ``shift``
+    (x, y, z) mm, as paired-import arguments."""
+    shape, spacing = (24, 40, 40), (2.0, 2.0, 2.0)
+    z, y, x = np.indices(shape).astype(float) * 2.0
+    rng = np.random.default_rng(0)
+
+    def phantom(dx=0.0, dy=0.0, dz=0.0) -> np.ndarray:
+        return (np.exp(-(((z - 24 - dz) / 9) ** 2 + ((y - 40 - dy) / 14) ** 2 + ((x - 40 - dx) / 8) ** 2))
+                + 0.6 * np.exp(-(((z - 16 - dz) / 5) ** 2 + ((y - 50 - dy) / 5) ** 2 + ((x - 30 - dx) / 6) ** 2)))
+
+    ct = write(root / "ct.nii.gz", (1000 * phantom() + 10 * noise * rng.normal(size=shape)).astype(np.float32), spacing)
+    mr = write(root / "mr.nii.gz", (100 - 80 * phantom(*shift) + noise * rng.normal(size=shape)).astype(np.float32),
+               spacing)
+    label = write(root / "label.nii.gz", (phantom() > 0.5).astype(np.uint8), spacing)
+    return ["import", "paired", "--case", "p1", "--image", ct, "--image", mr, "--label", label, "--register",
+            *NEW]
+
+
+@pytest.mark.parametrize("noise", [0.0, 3.0])
+def test_register_keeps_an_aligned_pair_as_it_is(run, tmp_path, capsys, noise):
+    argv = registration_pair(tmp_path, (0.0, 0.0, 0.0), noise)
+    out = tmp_path / "npc"
+    assert run(*argv, "--out", out) == 0
+    record = meta(out)["preprocessing"]["cases"]["p1"]["registration"]["MR"]
+    assert record["applied"].startswith("identity")
+    assert record["mutual_information_after"] <= record["mutual_information_before"] * 1.01
+    np.testing.assert_array_equal(read_image(out / "imagesTr" / "p1_0001.nii.gz")[0], read_image(argv[7])[0])
+    assert "registration did not improve mutual information" in capsys.readouterr().err
+
+
+def test_register_reports_the_metric_and_improves_a_shifted_pair(run, tmp_path, capsys):
+    out = tmp_path / "npc"
+    assert run(*registration_pair(tmp_path, (4.0, -3.0, 2.0)), "--out", out) == 0
+    record = meta(out)["preprocessing"]["cases"]["p1"]["registration"]["MR"]
+    assert record["applied"] == "registration"
+    assert record["mutual_information_after"] > 1.2 * record["mutual_information_before"]
+    err = capsys.readouterr().err
+    assert re.search(r"register MR onto CT: mutual information [\d.]+ -> [\d.]+; applied: registration", err)
+    assert "warning" not in err
+
+
+def test_register_warns_beyond_the_stated_bound(run, tmp_path, capsys):
+    out = tmp_path / "npc"
+    assert run(*registration_pair(tmp_path, (12.0, 0.0, 0.0)), "--out", out) == 0
+    record = meta(out)["preprocessing"]["cases"]["p1"]["registration"]["MR"]
+    assert record["translation_mm_xyz"][0] == pytest.approx(12.0, abs=1.0)
+    assert re.search(r"warning: .*mr\.nii\.gz: moves by 1\d\.\d mm .*beyond 10 mm / 5 deg", capsys.readouterr().err)
+
+
+def test_register_logs_progress_off_a_terminal(run, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("cmfnet.preprocess.PROGRESS_SECONDS", 0.0)
+    assert run(*registration_pair(tmp_path, (4.0, -3.0, 2.0)), "--out", tmp_path / "npc") == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if ", iteration " in line]
+    assert len(lines) > 3 and all(line.startswith("register MR onto CT: level ") for line in lines)
+
+
+@pytest.mark.skipif(not BRATS_2015.is_dir(), reason="shared/data/real/brats2015_deepmedic is absent")
+def test_register_does_not_move_real_coregistered_series(run, tmp_path):
+    """BraTS FLAIR and T1c are co-registered by the challenge: --register must keep them (4 mm copies,
+    to stay fast)."""
+    paths = []
+    for name in ("Flair_subtrMeanDivStd", "T1c_subtrMeanDivStd", "OTMultiClass"):
+        image = sitk.ReadImage(str(BRATS_2015 / "brats_2013_pat0001_1" / f"{name}.nii.gz"))
+        small = sitk.Resample(image, [n // 4 for n in image.GetSize()], sitk.Transform(),
+                              sitk.sitkNearestNeighbor if name == "OTMultiClass" else sitk.sitkLinear,
+                              image.GetOrigin(), [4.0] * 3, image.GetDirection())
+        paths.append(tmp_path / f"{name}.nii.gz")
+        sitk.WriteImage(sitk.Cast(small, sitk.sitkUInt8) if name == "OTMultiClass" else small, str(paths[-1]))
+    out = tmp_path / "brats"
+    assert run("import", "paired", "--case", "pat0001", "--image", paths[0], "--image", paths[1],
+               "--label", paths[2], "--register", "--channel-names", "FLAIR,T1c",
+               "--labels", "background=0,necrosis=1,edema=2,non_enhancing=3,enhancing=4", "--out", out) == 0
+    record = meta(out)["preprocessing"]["cases"]["pat0001"]["registration"]["T1c"]
+    moved = np.linalg.norm(record["translation_mm_xyz"])
+    assert record["applied"].startswith("identity") or moved < 1.0, record

@@ -12,7 +12,7 @@ from scipy import ndimage
 import cmfnet.scribbles as scribbles
 from cmfnet.errors import InputError
 from cmfnet.io import IGNORE, Geometry, make_dataset_json, read_image, read_json, write_image, write_json
-from cmfnet.scribbles import (auto_background, background_slices, coverage, make_scribbles,
+from cmfnet.scribbles import (auto_background, background_slices, coverage, format_coverage, make_scribbles,
                               simulate_autobg, simulate_scribble)
 from cmfnet.splits import fixed_split
 
@@ -346,3 +346,18 @@ def test_default_coverage_on_npc_phantoms_matches_the_paper_in_order_of_magnitud
     for name, paper in NPC_PAPER_COVERAGE.items():
         assert 0.1 * paper <= measured[name] <= 10 * paper, f"{name}: {measured[name]:.4f} % vs paper {paper} %"
     assert autobg["tumour"] == sim["tumour"]
+
+
+def test_rerun_removes_the_partial_folder_a_killed_run_left(dataset: Path, capsys) -> None:
+    leftover = dataset / "scribblesTr" / ".sim.k1ll3d_x.part"
+    leftover.mkdir(parents=True)
+    (leftover / "half.nii.gz").write_bytes(b"\x1f\x8b")
+    make_scribbles(dataset, "sim")
+    assert f"note: removed {leftover}, left by a killed earlier write" in capsys.readouterr().err
+    assert [p.name for p in (dataset / "scribblesTr").iterdir()] == ["sim"]
+
+
+def test_one_training_case_is_singular() -> None:
+    report = {"variant": "sim", "seed": 0, "classes": {"0": "background"}, "cases": {"a": {"background": 1.0}},
+              "mean": {"background": 1.0}}
+    assert "1 training case (% of image voxels)" in format_coverage(report)

@@ -309,3 +309,14 @@ def test_rerun_after_snakemake_deleted_dataset_json(tmp_path: Path) -> None:
     (out / "dataset.json").unlink()
     synth.synthesize("npc", 6, out, seed=1, shape=(16, 32, 32), folds=3)
     assert json.loads((out / "dataset.json").read_text())["provenance"]["seed"] == 1
+
+
+def test_rerun_removes_the_partial_folder_a_killed_run_left(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    leftover = tmp_path / ".ds.k1ll3d_x.part"
+    leftover.mkdir()
+    (leftover / "imagesTr").mkdir()
+    other = tmp_path / ".ds2.k1ll3d_x.part"  # another dataset's write: not ours to remove
+    other.mkdir()
+    synth.synthesize("npc", 6, tmp_path / "ds", seed=0, shape=(16, 32, 32), folds=3)
+    assert f"note: removed {leftover}, left by a killed earlier write" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [other.name, "ds"]

@@ -211,3 +211,70 @@ def test_val_from_train_exactly_as_imported():
     assert split_problems(list(grouped), by_patient) != []  # two cases are not one patient without groups
     leaky = [{"train": ["p1_f2"], "val": ["p2_f1"], "test": ["p1_f1"]}]
     assert any("share a patient" in p for p in split_problems(list(grouped), leaky, grouped))
+
+
+# -- leftovers of killed writes ---------------------------------------------------------------------
+def partial_name(target: str) -> str:
+    """The name atomic_path/atomic_dir give a write of ``target`` (eight random characters)."""
+    return f".{target}.k1ll3d_x.part"
+
+
+def test_partial_folders_and_files_inside_are_problems_naming_them(run, tmp_path, capsys):
+    root = make_dataset(tmp_path / "ds", KFOLD)
+    variant = root / "scribblesTr" / partial_name("sim")  # a killed `cmfnet scribble --variant sim`
+    variant.mkdir()
+    write(variant / "a.nii.gz", scribble_array())
+    image = root / "imagesTr" / (partial_name("a_0000.nii.gz") + ".nii.gz")  # a killed write_image
+    image.write_bytes(b"\x1f\x8b")
+    meta = root / (partial_name("dataset.json") + ".json")
+    meta.write_text("{")
+    lines = problems(run, capsys, root)
+    for path in (variant, image, meta):
+        kind = "folder" if path.is_dir() else "file"
+        assert f"{path}: partial {kind} left by a killed write (SIGKILL, power loss): not part of the dataset; " \
+               "delete it (rerunning the command that wrote it also removes it)" in lines, lines
+    assert len(lines) == 3, lines  # the partial variant is not checked as a variant of its own
+
+
+def test_partial_folders_beside_are_warnings_naming_them(run, tmp_path, capsys):
+    root = make_dataset(tmp_path / "ds", KFOLD)
+    killed_import = tmp_path / partial_name("ds")
+    killed_import.mkdir()
+    swap = tmp_path / ".ds.old"
+    swap.mkdir()
+    unrelated = tmp_path / partial_name("other")
+    unrelated.mkdir()
+    assert run("validate", root) == 0
+    captured = capsys.readouterr()
+    warnings = captured.err.splitlines()
+    assert len(warnings) == 2, warnings
+    assert any(w.startswith(f"warning: {killed_import}: partial folder left by a killed write") for w in warnings)
+    assert any(w.startswith(f"warning: {swap}: partial folder") for w in warnings)
+    assert str(unrelated) not in captured.err
+    assert "valid: 3 cases" in captured.out
+
+
+def test_directory_in_place_of_an_image_is_called_a_directory(run, tmp_path, capsys):
+    root = make_dataset(tmp_path / "ds", KFOLD)
+    path = root / "imagesTr" / "b_0001.nii.gz"
+    path.unlink()
+    path.mkdir()
+    lines = problems(run, capsys, root)
+    assert any(line.startswith(f"{path}: is a directory, not an image file") for line in lines), lines
+
+
+def test_one_case_and_one_problem_are_singular(run, tmp_path, capsys):
+    root = make_dataset(tmp_path / "ds", [{"train": ["a"], "val": [], "test": []}], cases=("a",), scribbled=("a",))
+    assert run("validate", root) == 0
+    assert "valid: 1 case, " in capsys.readouterr().out
+    (root / "scribblesTr" / "given" / "a.nii.gz").unlink()
+    assert problems(run, capsys, root) == [f"{root / 'scribblesTr' / 'given'}: no scribble for training case ['a']"]
+
+
+def test_dataset_a_killed_import_never_finished_names_the_leftover(run, tmp_path, capsys):
+    leftover = tmp_path / partial_name("ds")
+    leftover.mkdir()
+    assert run("validate", tmp_path / "ds") == 2
+    assert capsys.readouterr().err.strip() == (
+        f"cmfnet validate: error: {tmp_path / 'ds'}: no such folder (a killed write left {leftover.name} "
+        "beside it: rerun the command that makes it)")
