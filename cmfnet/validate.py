@@ -247,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
         print(line)
     if problems:
         print(f"cmfnet validate: {counted(len(problems), 'problem')} in {root}", flush=True)
-        return 1
+        return 2  # bad input, as every other command reports it
     print(summary)
     return 0
 

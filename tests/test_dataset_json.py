@@ -1,5 +1,5 @@
 """dataset.json has one schema (cmfnet/dataset.schema.json), checked in cmfnet.io for every reader:
-a wrong type is one line naming the file and the field, in `validate` (exit 1, its problem list)
+a wrong type is one line naming the file and the field, in `validate` (exit 2, its problem list)
 and in `train` and `scribble` (exit 2), before anything is written."""
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def test_sound_dataset_json_has_no_problem(tiny_dataset):
 @pytest.mark.parametrize("name", sorted(BAD))
 def test_validate_names_the_file_and_the_field(tiny_dataset, capsys, name):
     path = break_meta(tiny_dataset, name)
-    assert cli.main(["validate", str(tiny_dataset)]) == 1
+    assert cli.main(["validate", str(tiny_dataset)]) == 2
     lines = capsys.readouterr().out.splitlines()
     problems = [line for line in lines if not line.startswith("cmfnet validate:")]
     assert problems and all(line.startswith(f"{path}: ") for line in problems), lines

@@ -698,7 +698,7 @@ def test_one_case_is_not_called_cases(run, tmp_path, capsys):
     captured = capsys.readouterr()
     assert f"{out}: 1 case, " in captured.out and "1 case(s)" not in captured.err
     assert "1 case: cross-validation needs at least 2 cases" in captured.err
-    assert run("validate", out) == 1  # no splits yet
+    assert run("validate", out) == 2  # no splits yet
     assert "cmfnet validate: 1 problem in" in capsys.readouterr().out
 
 

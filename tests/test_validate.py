@@ -71,7 +71,7 @@ def edit_meta(root: Path, change: Callable[[dict], None]) -> None:
 
 
 def problems(run, capsys, root: Path) -> list[str]:
-    assert run("validate", root) == 1
+    assert run("validate", root) == 2
     return [line for line in capsys.readouterr().out.splitlines() if not line.startswith("cmfnet validate:")]
 
 
