@@ -132,6 +132,7 @@ class DynamicallyMixedSoftPseudoLabels(Method):
         "reset_optimizer": True,        # the reference's stage 2 is a fresh run from stage-1 weights
         "stage2_lr": None,              # None: the preset's learning rate
     }
+    param_types = {"stage2_lr": float | None}
 
     def __init__(self, card: Card) -> None:
         super().__init__(card)
@@ -142,6 +143,8 @@ class DynamicallyMixedSoftPseudoLabels(Method):
         fraction = self.params["stage1_fraction"]
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
             raise InputError(card.path, "params.stage1_fraction must be a number in [0, 1]")
+        if self.params["stage2_lr"] is not None and self.params["stage2_lr"] <= 0:
+            raise InputError(card.path, f"params.stage2_lr={self.params['stage2_lr']!r}: must be > 0 or null")
         self.stage = 1
         self.labels: dict[str, np.ndarray] = {}
         self._decoder_mean = False

@@ -71,6 +71,7 @@ class Scribble2Label(Method):
         "period": 0.05,        # one whole-set update per 5% of training (see docs/baselines.md)
         "ema_stride": 2,       # int or [z, y, x]: coarser grid of the float16 EMA maps
     }
+    param_types = {"ema_stride": int | list[int]}
 
     def __init__(self, card: Card) -> None:
         super().__init__(card)
