@@ -27,7 +27,7 @@ from baselines.regularizers import entropy_of_probabilities, soft_cross_entropy
 from cmfnet.errors import InputError
 from cmfnet.io import IGNORE
 from cmfnet.losses import partial_ce
-from cmfnet.method import Batch, Card, Method, StepInfo
+from cmfnet.method import Batch, Card, Method, StepInfo, counted
 from cmfnet.networks.vnet import VNetDecoder, VNetEncoder, stage_convs
 
 if TYPE_CHECKING:
@@ -202,7 +202,7 @@ class DynamicallyMixedSoftPseudoLabels(Method):
         labelled = sum(int((lab != IGNORE).sum()) for lab in labels.values())
         total = sum(lab.size for lab in labels.values())
         foreground = sum(int(((lab != IGNORE) & (lab > 0)).sum()) for lab in labels.values())
-        trainer.log(f"DMSPS stage 2: pseudo-labels for {len(labels)} volumes, "
+        trainer.log(f"DMSPS stage 2: pseudo-labels for {counted(len(labels), 'volume')}, "
                     f"{labelled / max(total, 1):.1%} labelled, {foreground / max(total, 1):.1%} foreground")
 
     def _apply_labels(self, trainer: Trainer) -> None:

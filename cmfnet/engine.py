@@ -13,13 +13,15 @@ Outputs of a training run (``--out DIR``), written atomically (temporary name, t
 - ``last.pt``: the resume checkpoint (not a declared output, removed when training completes).
   It holds exactly what a bit-identical resume needs: the format version and the hash of what was
   trained, the iteration, elapsed seconds and the running log window, the model, the EMA teacher
-  (methods that have one), the optimiser state (Adam: two tensors per weight, which with the model
-  makes last.pt about 3x model.pt), the schedule origin, the best validation score and, only when
-  it is older than the checkpoint, the best weights (else they are the model's), the plugin's
-  state (e.g. DMSPS pseudo-labels, S2L EMA maps: a plugin that replaces training targets keeps
-  them there) and the numpy, python and torch (CPU and CUDA) random states. Everything is a tensor
-  or a plain type, so it loads with ``torch.load(weights_only=True)``: a file that needs more
-  (a pickled object) is never executed; training then starts afresh and says why.
+  (methods that have one), the optimiser state, the schedule origin, the best validation score
+  and, only when it is older than the checkpoint, the best weights (else they are the model's),
+  the plugin's state (e.g. DMSPS pseudo-labels, S2L EMA maps: a plugin that replaces training
+  targets keeps them there, so the engine stores no targets) and the numpy, python and torch
+  (CPU and CUDA) random states. Size, in units of model.pt: 1 (model) + 2 (Adam's two moments;
+  SGD: 1) + 1 while the best weights are older than the checkpoint + 1 for a teacher (USTM), so
+  3 to 5; plugin state comes on top. Everything is a tensor or a plain type, so it loads with
+  ``torch.load(weights_only=True)``: a file that needs more (a pickled object) is never
+  executed; training then starts afresh and says why.
 - ``train_log.csv``: one row per logged interval, appended to disk as it is made; a resume keeps
   the rows up to the checkpoint's iteration. ``meta.json``: card, config, seed, versions, total
   seconds across resumes.
@@ -62,8 +64,8 @@ from cmfnet import __version__
 from cmfnet.errors import InputError
 from cmfnet.inference import resolve_device, sliding_window_probabilities
 from cmfnet.io import IGNORE, Dataset, Geometry, atomic_path, remove_leftover_partials, write_json
-from cmfnet.method import (Batch, Card, Method, StepInfo, check_range, check_value, load_card, load_method,
-                           parse_override)
+from cmfnet.method import (Batch, Card, Method, StepInfo, check_range, check_value, counted, load_card,
+                           load_method, parse_override)
 from cmfnet.normalize import normalize_image
 
 # deterministic cuBLAS needs this before CUDA starts
@@ -532,6 +534,16 @@ class Trainer:
         removed = remove_leftover_partials(self.out)
         if removed:
             self.log(f"removed partial files a killed write left: {', '.join(p.name for p in removed)}")
+        try:
+            return self._train(val_data)
+        except BaseException:
+            # SIGTERM (Terminated) or Ctrl-C between mkstemp and atomic_path's try block leaves
+            # a temporary file that its finally never sees; only this run writes here
+            remove_leftover_partials(self.out)
+            raise
+
+    def _train(self, val_data: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
+        """Resume if possible, run the iterations, write the outputs."""
         resumed = self._try_resume()
         train_log = TrainLog(self.out / "train_log.csv", self.iteration if resumed else None)
         self.method.setup(self)
@@ -805,7 +817,7 @@ def _run(args: argparse.Namespace) -> int:
               "nothing to do (--force retrains)")
         return 0
     meta = trainer.fit()
-    print(f"trained {card.id} fold {args.fold}: {meta['max_iterations']} iterations in {meta['seconds']} s "
+    print(f"trained {card.id} fold {args.fold}: {counted(meta['max_iterations'], 'iteration')} in {meta['seconds']} s "
           f"-> {args.out / 'model.pt'}")
     return 0
 

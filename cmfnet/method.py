@@ -111,6 +111,11 @@ def describe_type(hint: Any) -> str:
     return names.get(hint, getattr(hint, "__name__", str(hint)))
 
 
+def counted(n: int, noun: str) -> str:
+    """``counted(1, "volume")`` -> "1 volume", ``counted(3, "volume")`` -> "3 volumes"."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def check_value(source: object, name: str, value: Any, hint: Any) -> None:
     """Raise one :class:`InputError` line when ``value`` does not fit ``hint``."""
     if matches_type(value, hint):
@@ -246,7 +251,13 @@ class Method:
         """Called after each optimiser step (``iteration`` is the step just done)."""
 
     def state_dict(self) -> dict[str, Any]:
-        """Per-method state that must survive a resume (tensors and plain types only)."""
+        """Per-method state that must survive a resume.
+
+        Tensors and plain types only, so that ``last.pt`` loads with ``weights_only=True``. The
+        engine does not store training targets: a plugin that replaces
+        ``trainer.volumes[case].target`` keeps the new targets here and puts them back in
+        :meth:`setup` (as DMSPS does).
+        """
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

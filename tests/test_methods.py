@@ -57,3 +57,14 @@ def test_heads_are_rows_of_one_trained_model(tmp_path: Path, tiny_dataset: Path)
     assert not torch.equal(outputs["ct"], outputs["mr"])
     with pytest.raises(InputError, match="would change what was trained"):
         TrainedModel.load(tmp_path / "m", ["params.lambda_ct=0.5"])
+
+
+def test_every_shipped_card_passes_the_value_checks() -> None:
+    """The type and range checks of params and network options accept every card and variant we ship."""
+    from cmfnet.method import load_method, method_ids
+
+    ids = [i for card in sorted((REPO / "methods").glob("*.yaml")) for i in method_ids(card)]
+    for method_id in ids:
+        path, variant, head = card_path_for_id(REPO / "methods", method_id)
+        load_method(load_card(path, [], variant, head))
+    assert len(ids) > len(TABLE1)

@@ -73,6 +73,23 @@ def test_pickled_object_in_model_pt_never_runs(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
+def test_last_pt_holds_no_targets_and_no_second_copy_of_the_model(tmp_path: Path, tiny_dataset: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checkpoint at iteration 4 follows the validation at 4: the best weights are the model's."""
+    kill_after(monkeypatch, make_trainer(tmp_path, tiny_dataset), 5)
+    state = torch.load(tmp_path / "out" / "last.pt", weights_only=True)
+    assert state["iteration"] == state["best"]["iteration"] == 4
+    assert state["best_state"] is None and "targets" not in state
+    make_trainer(tmp_path, tiny_dataset).fit()
+    make_trainer(tmp_path, tiny_dataset, "full").fit()
+    assert same_weights(tmp_path / "out", tmp_path / "full")
+
+
+def test_train_cli_counts_in_words(tmp_path: Path, tiny_dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert train_cli(tmp_path, tiny_dataset, "--set", "train.iterations=1") == 0
+    assert ": 1 iteration in " in capsys.readouterr().out
+
+
 # -- item 15: the log and the time survive a resume --------------------------------------------
 
 def test_train_log_rows_and_total_seconds_survive_a_resume(tmp_path: Path, tiny_dataset: Path,
@@ -115,12 +132,16 @@ def test_sigterm_during_training_exits_143_without_partial_files(tmp_path: Path,
         [sys.executable, "-m", "cmfnet.cli", "train", "--card", str(write_card(tmp_path)), "--dataset",
          str(tiny_dataset), "--out", str(out), "--train-config", json.dumps(config), "--device", "cpu",
          "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
+    deadline = time.time() + 180  # imports alone can take long on a loaded machine
     # send SIGTERM as soon as a checkpoint write is under way (or, failing that, once one exists)
     while time.time() < deadline and process.poll() is None:
         names = [p.name for p in out.iterdir()] if out.is_dir() else []
         if any(".part" in name for name in names) or "last.pt" in names:
             break
+        time.sleep(0.001)
+    else:
+        process.kill()
+        pytest.fail(f"training never wrote a checkpoint: {process.communicate()[1][-2000:]}")
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 143, err
@@ -184,7 +205,7 @@ BAD_VALUES = [
     (None, ["network.depth=3"], "network.depth: not an option of network 'vnet'"),
     (None, ["network.arch=unet"], "network.arch: unknown network 'unet'"),
     (None, ["network.norm=layer"], "network.norm='layer': must be batch, instance, group or none"),
-    (None, ["network.n_convs=[1,2]"], "network: n_convs has 2 entries, expected 5"),
+    (None, ["network.n_convs=[1,2]"], "network: n_convs needs one entry per stage (5 stages), got [1, 2]"),
     (None, ["network.n_convs=[1,2,x,3,3]"], "network.n_convs=[1, 2, 'x', 3, 3]: expected an int or a list of ints"),
     (None, ["network=5"], "network must be a mapping, got 5"),
     (None, ["params=3"], "params must be a mapping, got 3"),

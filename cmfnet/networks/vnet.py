@@ -70,7 +70,7 @@ def stage_convs(n_convs: int | Sequence[int], downsamplings: int) -> list[int]:
         return [n_convs] * (downsamplings + 1)
     convs = list(n_convs)
     if len(convs) != downsamplings + 1:
-        raise ValueError(f"n_convs has {len(convs)} entries, expected {downsamplings + 1}")
+        raise ValueError(f"n_convs needs one entry per stage ({downsamplings + 1} stages), got {convs}")
     return convs
 
 
