@@ -27,7 +27,7 @@ from baselines.regularizers import entropy_of_probabilities, soft_cross_entropy
 from cmfnet.errors import InputError
 from cmfnet.io import IGNORE
 from cmfnet.losses import partial_ce
-from cmfnet.method import Batch, Card, Method, StepInfo
+from cmfnet.method import Batch, Card, Method, StepInfo, counted
 from cmfnet.networks.vnet import VNetDecoder, VNetEncoder, stage_convs
 
 if TYPE_CHECKING:
@@ -132,6 +132,7 @@ class DynamicallyMixedSoftPseudoLabels(Method):
         "reset_optimizer": True,        # the reference's stage 2 is a fresh run from stage-1 weights
         "stage2_lr": None,              # None: the preset's learning rate
     }
+    param_types = {"stage2_lr": float | None}
 
     def __init__(self, card: Card) -> None:
         super().__init__(card)
@@ -142,6 +143,8 @@ class DynamicallyMixedSoftPseudoLabels(Method):
         fraction = self.params["stage1_fraction"]
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
             raise InputError(card.path, "params.stage1_fraction must be a number in [0, 1]")
+        if self.params["stage2_lr"] is not None and self.params["stage2_lr"] <= 0:
+            raise InputError(card.path, f"params.stage2_lr={self.params['stage2_lr']!r}: must be > 0 or null")
         self.stage = 1
         self.labels: dict[str, np.ndarray] = {}
         self._decoder_mean = False
@@ -199,7 +202,7 @@ class DynamicallyMixedSoftPseudoLabels(Method):
         labelled = sum(int((lab != IGNORE).sum()) for lab in labels.values())
         total = sum(lab.size for lab in labels.values())
         foreground = sum(int(((lab != IGNORE) & (lab > 0)).sum()) for lab in labels.values())
-        trainer.log(f"DMSPS stage 2: pseudo-labels for {len(labels)} volumes, "
+        trainer.log(f"DMSPS stage 2: pseudo-labels for {counted(len(labels), 'volume')}, "
                     f"{labelled / max(total, 1):.1%} labelled, {foreground / max(total, 1):.1%} foreground")
 
     def _apply_labels(self, trainer: Trainer) -> None:

@@ -25,7 +25,7 @@ from baselines.regularizers import check_schedule, schedule_iterations
 from cmfnet.errors import InputError
 from cmfnet.io import IGNORE
 from cmfnet.losses import partial_ce
-from cmfnet.method import Batch, Card, Method, StepInfo
+from cmfnet.method import Batch, Card, Method, StepInfo, counted
 
 if TYPE_CHECKING:
     from cmfnet.engine import Trainer
@@ -71,6 +71,7 @@ class Scribble2Label(Method):
         "period": 0.05,        # one whole-set update per 5% of training (see docs/baselines.md)
         "ema_stride": 2,       # int or [z, y, x]: coarser grid of the float16 EMA maps
     }
+    param_types = {"ema_stride": int | list[int]}
 
     def __init__(self, card: Card) -> None:
         super().__init__(card)
@@ -98,7 +99,7 @@ class Scribble2Label(Method):
                                           dtype=torch.float16)
         size = sum(m.numel() * m.element_size() for m in self.maps.values())
         trainer.log(f"S2L: float16 EMA maps on a /{'x'.join(map(str, self.stride))} grid, "
-                    f"{size / 2**20:.1f} MiB for {len(self.maps)} volumes")
+                    f"{size / 2**20:.1f} MiB for {counted(len(self.maps), 'volume')}")
 
     def state_dict(self) -> dict[str, Any]:
         return {"maps": dict(self.maps), "shapes": {c: list(s) for c, s in self.shapes.items()},

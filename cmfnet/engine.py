@@ -4,11 +4,30 @@ It owns patch sampling (every patch holds labelled voxels), the optimiser and sc
 teacher, checkpoints with resume after a kill, validation on the fold's validation cases with
 best-checkpoint selection, progress and logging. A method plugin only turns a batch into a loss.
 
-Outputs of a training run (``--out DIR``):
+Outputs of a training run (``--out DIR``), written atomically (temporary name, then rename):
 
-- ``model.pt``: the selected weights and everything needed to apply them (declared output);
-- ``last.pt``: the resume checkpoint (not a declared output, removed when training completes);
-- ``train_log.csv``: one row per logged interval; ``meta.json``: card, config, seed, versions.
+- ``model.pt``: ``{"format", "weights", "meta"}``, the selected weights and everything needed to
+  apply them (declared output). Re-running a finished training whose ``meta["state_hash"]`` matches
+  the card, train config, fold and dataset does nothing; ``--force`` retrains; a ``model.pt``
+  trained with anything else is refused without ``--force``, so no run silently replaces it.
+- ``last.pt``: the resume checkpoint (not a declared output, removed when training completes).
+  It holds exactly what a bit-identical resume needs: the format version and the hash of what was
+  trained, the iteration, elapsed seconds and the running log window, the model, the EMA teacher
+  (methods that have one), the optimiser state, the schedule origin, the best validation score
+  and, only when it is older than the checkpoint, the best weights (else they are the model's),
+  the plugin's state (e.g. DMSPS pseudo-labels, S2L EMA maps: a plugin that replaces training
+  targets keeps them there, so the engine stores no targets) and the numpy, python and torch
+  (CPU and CUDA) random states. Size, in units of model.pt: 1 (model) + 2 (Adam's two moments;
+  SGD: 1) + 1 while the best weights are older than the checkpoint + 1 for a teacher (USTM), so
+  3 to 5; plugin state comes on top. Everything is a tensor or a plain type, so it loads with
+  ``torch.load(weights_only=True)``: a file that needs more (a pickled object) is never
+  executed; training then starts afresh and says why.
+- ``train_log.csv``: one row per logged interval, appended to disk as it is made; a resume keeps
+  the rows up to the checkpoint's iteration. ``meta.json``: card, config, seed, versions, total
+  seconds across resumes.
+
+A rerun removes partial files a killed write left in ``--out`` (and names them); SIGTERM unwinds
+through the atomic writes, so it leaves none.
 
 Scientific hygiene: training reads scribbles (or, for mask supervision, dense labels) of the
 fold's *training* cases only; validation reads the validation cases; test cases are never read.
@@ -20,13 +39,17 @@ import argparse
 import copy
 import csv
 import hashlib
+import io
 import json
 import math
 import os
 import platform
 import random
+import re
 import sys
 import time
+import typing
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -40,12 +63,42 @@ from tqdm import tqdm
 from cmfnet import __version__
 from cmfnet.errors import InputError
 from cmfnet.inference import resolve_device, sliding_window_probabilities
-from cmfnet.io import IGNORE, Dataset, Geometry, atomic_path, write_json
-from cmfnet.method import Batch, Card, Method, StepInfo, load_card, load_method, parse_override
+from cmfnet.io import IGNORE, Dataset, Geometry, atomic_path, remove_leftover_partials, write_json
+from cmfnet.method import (Batch, Card, Method, StepInfo, check_range, check_value, counted, load_card,
+                           load_method, parse_override)
 from cmfnet.normalize import normalize_image
 
 # deterministic cuBLAS needs this before CUDA starts
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+#: layout version of model.pt and last.pt; a file with another version is refused (model.pt) or
+#: not resumed from (last.pt). Raise it whenever what the files hold changes incompatibly.
+FORMAT_VERSION = 1
+
+# what TrainedModel needs from model.pt's meta (older files may lack some)
+MODEL_META_KEYS = ("card", "card_path", "channels", "channel_names", "num_classes", "normalization",
+                   "patch_size", "size_divisor", "train", "fold")
+
+# ranges of the train block's values (their types come from TrainConfig's annotations)
+_TRAIN_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "iterations": (lambda v: v >= 1, ">= 1"),
+    "epochs": (lambda v: v is None or v >= 1, ">= 1 or null"),
+    "iterations_per_epoch": (lambda v: v is None or v >= 1, ">= 1 or null"),
+    "batch_size": (lambda v: v >= 1, ">= 1"),
+    "patch_size": (lambda v: len(v) == 3 and min(v) >= 1, "three positive sides (z, y, x)"),
+    "optimizer": (lambda v: v in ("adam", "sgd"), "adam or sgd"),
+    "lr": (lambda v: v > 0, "> 0"),
+    "weight_decay": (lambda v: v >= 0, ">= 0"),
+    "momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "schedule": (lambda v: v in ("constant", "poly", "auto"), "constant, poly or auto"),
+    "fg_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "val_interval": (lambda v: v >= 0, ">= 0 (0: validate only at the end)"),
+    "val_reference": (lambda v: v in ("label", "scribble"), "label or scribble"),
+    "val_overlap": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "checkpoint_interval": (lambda v: v >= 1, ">= 1"),
+    "log_interval": (lambda v: v >= 1, ">= 1"),
+    "seed": (lambda v: v >= 0, ">= 0"),
+}
 
 
 @dataclass
@@ -73,18 +126,18 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: object = "train config") -> TrainConfig:
+        """Check every value's type and range (one :class:`InputError` line naming it), then build."""
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
             raise InputError(source, f"unknown train options {sorted(unknown)}")
-        config = cls(**data)
-        if len(config.patch_size) != 3 or min(config.patch_size) < 1:
-            raise InputError(source, f"patch_size must be three positive sides, got {config.patch_size}")
-        if config.optimizer not in ("adam", "sgd"):
-            raise InputError(source, f"optimizer must be adam or sgd, got {config.optimizer}")
-        if config.val_reference not in ("label", "scribble"):
-            raise InputError(source, "val_reference must be 'label' or 'scribble'")
-        return config
+        hints = typing.get_type_hints(cls)
+        for name, value in data.items():
+            check_value(source, f"train.{name}", value, hints[name])
+            if name in _TRAIN_RANGES:
+                rule, words = _TRAIN_RANGES[name]
+                check_range(source, f"train.{name}", value, rule(value), words)
+        return cls(**data)
 
     def total_iterations(self, n_train_cases: int) -> int:
         if self.epochs is None:
@@ -196,9 +249,55 @@ def _dice_foreground(pred: np.ndarray, reference: np.ndarray, num_classes: int) 
 
 
 def _state_hash(card: Card, config: TrainConfig, fold: int, dataset: Dataset) -> str:
+    """What a training result depends on: a checkpoint or model.pt with another hash is not this run's."""
     text = json.dumps({"card": card.to_dict(), "train": asdict(config), "fold": fold,
-                       "dataset": dataset.meta.get("name")}, sort_keys=True, default=str)
+                       "dataset": dataset.meta}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class TrainLog:
+    """``train_log.csv``, appended row by row as training makes them, so that a kill loses none.
+
+    A row is one line, written and flushed in one call: a kill mid-row leaves a torn last line
+    without its newline, which a resume drops together with every row after the checkpoint (they
+    are made again). A row with a new column rewrites the file atomically with the wider header,
+    which happens once or twice per run (the first row, the first validation).
+    """
+
+    def __init__(self, path: Path, resume_at: int | None = None) -> None:
+        self.path = path
+        self.rows: list[dict[str, Any]] = []
+        self.keys: list[str] = []
+        if resume_at is not None and path.is_file():
+            text = path.read_text()
+            complete = text[:text.rfind("\n") + 1]
+            reader = csv.DictReader(io.StringIO(complete))
+            for row in reader:
+                if None in row.values() or not row["iteration"].isdigit():
+                    continue  # not a row this class wrote
+                if int(row["iteration"]) <= resume_at:
+                    self.rows.append({k: v for k, v in row.items() if k is not None})
+            self.keys = list(reader.fieldnames or [])
+        self._rewrite()
+
+    def append(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        new = [k for k in row if k not in self.keys]
+        if new:
+            self.keys += new
+            self._rewrite()
+            return
+        line = io.StringIO()
+        csv.DictWriter(line, fieldnames=self.keys, lineterminator="\n").writerow(row)
+        with open(self.path, "a", newline="") as handle:
+            handle.write(line.getvalue())
+
+    def _rewrite(self) -> None:
+        with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as handle:
+            if self.keys:
+                writer = csv.DictWriter(handle, fieldnames=self.keys, lineterminator="\n")
+                writer.writeheader()
+                writer.writerows(self.rows)
 
 
 class Trainer:
@@ -227,7 +326,10 @@ class Trainer:
         self.max_iterations = config.total_iterations(len(self.train_cases))
         seed_everything(config.seed)
         self.rng = np.random.default_rng(config.seed)
-        self.model = self.method.build_network(len(self.channels), self.num_classes).to(self.device)
+        try:
+            self.model = self.method.build_network(len(self.channels), self.num_classes).to(self.device)
+        except ValueError as err:  # the constructor's own checks (channel count, option combinations)
+            raise InputError(card.path, f"network: {err}") from None
         self.size_divisor = int(getattr(self.model, "size_divisor", 16))
         bad_sides = [p for p in config.patch_size if p % self.size_divisor]
         if bad_sides:
@@ -245,7 +347,10 @@ class Trainer:
         self.best = {"score": -1.0, "iteration": -1}
         self.best_state: dict[str, torch.Tensor] | None = None
         self.lr_origin = 0  # iteration at which the current schedule started (reset_optimizer)
-        self._log_file = None
+        self.state_hash = _state_hash(card, config, fold, dataset)
+        self._running: dict[str, float] = {}  # sums over the current log window
+        self._seconds_before = 0.0  # training time of the runs this one resumes
+        self._started = time.time()
 
     # -- what plugins use -------------------------------------------------------------------
     def log(self, message: str) -> None:
@@ -342,29 +447,51 @@ class Trainer:
             for t, s in zip(self.teacher.buffers(), self.model.buffers()):
                 t.copy_(s)
 
+    def _elapsed(self) -> float:
+        return self._seconds_before + time.time() - self._started
+
     def _checkpoint_state(self) -> dict[str, Any]:
-        return {"hash": _state_hash(self.card, self.config, self.fold, self.dataset),
-                "iteration": self.iteration, "model": self.model.state_dict(),
+        """What a bit-identical resume needs, as tensors and plain types (see the module docstring)."""
+        best_is_model = self.best["iteration"] == self.iteration
+        numpy_global = np.random.get_state()
+        return {"format": FORMAT_VERSION, "hash": self.state_hash, "iteration": self.iteration,
+                "seconds": self._elapsed(), "running": dict(self._running),
+                "model": self.model.state_dict(),
                 "teacher": self.teacher.state_dict() if self.teacher is not None else None,
                 "optimizer": self.optimizer.state_dict(), "lr_origin": self.lr_origin,
-                "base_lr": self.base_lr,
-                "method": self.method.state_dict(), "best": dict(self.best),
-                "best_state": self.best_state,
-                "targets": {c: torch.from_numpy(v.target) for c, v in self.volumes.items()},
-                "rng": {"numpy": self.rng.bit_generator.state, "torch": torch.get_rng_state(),
-                        "python": random.getstate()}}
+                "base_lr": self.base_lr, "method": self.method.state_dict(), "best": dict(self.best),
+                "best_state": None if best_is_model else self.best_state,
+                "rng": {"generator": json.dumps(self.rng.bit_generator.state),
+                        "python": json.dumps(random.getstate()),
+                        "numpy_global": {"keys": torch.from_numpy(numpy_global[1].astype(np.int64)),
+                                         "pos": int(numpy_global[2]), "has_gauss": int(numpy_global[3]),
+                                         "gauss": float(numpy_global[4])},
+                        "torch": torch.get_rng_state(),
+                        "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None}}
 
     def _save_checkpoint(self) -> None:
         with atomic_path(self.out / "last.pt") as tmp:
             torch.save(self._checkpoint_state(), tmp)
 
     def _try_resume(self) -> bool:
+        """Restore ``last.pt`` if it is a safe, compatible checkpoint of this very run; else say why."""
         path = self.out / "last.pt"
         if not path.is_file():
             return False
-        state = torch.load(path, map_location=self.device, weights_only=False)
-        if state.get("hash") != _state_hash(self.card, self.config, self.fold, self.dataset):
-            self.log("last.pt was written with another card or config: starting afresh")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - whatever the file holds, it is not resumed from
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+            self.log(f"{path} is not a checkpoint that loads with weights_only=True ({reason}): "
+                     "starting afresh")
+            return False
+        found = state.get("format") if isinstance(state, dict) else None
+        if found != FORMAT_VERSION:
+            self.log(f"{path} has checkpoint format {found if found is not None else 'none'}, this cmfnet "
+                     f"{__version__} writes format {FORMAT_VERSION}: starting afresh")
+            return False
+        if state.get("hash") != self.state_hash:
+            self.log(f"{path} was written with another card, config, fold or dataset: starting afresh")
             return False
         self.model.load_state_dict(state["model"])
         if self.teacher is not None and state["teacher"] is not None:
@@ -374,32 +501,57 @@ class Trainer:
         self.optimizer = self._make_optimizer()
         self.optimizer.load_state_dict(state["optimizer"])
         self.method.load_state_dict(state["method"])
+        self.iteration = state["iteration"]
         self.best = state["best"]
         self.best_state = state["best_state"]
-        for case, target in state["targets"].items():
-            self.volumes[case].target = target.numpy()
-        self.rng.bit_generator.state = state["rng"]["numpy"]
-        torch.set_rng_state(state["rng"]["torch"])
-        random.setstate(state["rng"]["python"])
-        self.iteration = state["iteration"]
+        if self.best_state is None and self.best["iteration"] == self.iteration:
+            self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        rng = state["rng"]
+        self.rng.bit_generator.state = json.loads(rng["generator"])
+        version, internal, gauss = json.loads(rng["python"])
+        random.setstate((version, tuple(internal), gauss))
+        numpy_global = rng["numpy_global"]
+        np.random.set_state(("MT19937", numpy_global["keys"].numpy().astype(np.uint32), numpy_global["pos"],
+                             numpy_global["has_gauss"], numpy_global["gauss"]))
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        self._running = dict(state["running"])
+        self._seconds_before = float(state["seconds"])
         self.log(f"resumed from last.pt at iteration {self.iteration}")
         return True
 
     def fit(self) -> dict[str, Any]:
-        """Train to the configured number of iterations and write ``model.pt``."""
-        self.out.mkdir(parents=True, exist_ok=True)
-        started = time.time()
+        """Train to the configured number of iterations and write ``model.pt``.
+
+        The output folder is made only once the data has loaded, so a run refused for bad input
+        leaves none behind.
+        """
+        self._started = time.time()
         self._load_volumes()
         val_data = self._validation_data()
-        self._try_resume()
+        self.out.mkdir(parents=True, exist_ok=True)
+        removed = remove_leftover_partials(self.out)
+        if removed:
+            self.log(f"removed partial files a killed write left: {', '.join(p.name for p in removed)}")
+        try:
+            return self._train(val_data)
+        except BaseException:
+            # SIGTERM (Terminated) or Ctrl-C between mkstemp and atomic_path's try block leaves
+            # a temporary file that its finally never sees; only this run writes here
+            remove_leftover_partials(self.out)
+            raise
+
+    def _train(self, val_data: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
+        """Resume if possible, run the iterations, write the outputs."""
+        resumed = self._try_resume()
+        train_log = TrainLog(self.out / "train_log.csv", self.iteration if resumed else None)
         self.method.setup(self)
         sampler = PatchSampler(self.volumes, self.config.patch_size, self.config.fg_fraction, self.rng)
         extras = {"spacing": self.spacing, "channel_names": self.channel_names}
-        log_rows: list[dict[str, Any]] = []
         interactive = sys.stderr.isatty()
         bar = tqdm(total=self.max_iterations, initial=self.iteration, disable=not interactive,
                    desc=f"{self.card.id} fold {self.fold}")
-        running: dict[str, float] = {}
         window_start = time.time()
         self.model.train()
         while self.iteration < self.max_iterations:
@@ -421,6 +573,7 @@ class Trainer:
                 self._update_teacher()
             self.method.after_step(self, self.iteration)
             self.iteration += 1
+            running = self._running
             for key, value in {"loss": float(loss.detach()), **parts}.items():
                 running[key] = running.get(key, 0.0) + float(value)
             running["_n"] = running.get("_n", 0.0) + 1
@@ -433,7 +586,7 @@ class Trainer:
                 row = {"iteration": self.iteration, "lr": lr,
                        **{k: v / n for k, v in running.items()},
                        "sec_per_it": (time.time() - window_start) / n}
-                running, window_start = {}, time.time()
+                self._running, window_start = {}, time.time()
             if validate_now and val_data:
                 score = self._validate(val_data)
                 row = (row or {"iteration": self.iteration}) | {"val_dice": score}
@@ -441,7 +594,7 @@ class Trainer:
                     self.best = {"score": score, "iteration": self.iteration}
                     self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
             if row is not None:
-                log_rows.append(row)
+                train_log.append(row)
                 bar.set_postfix(loss=f"{row.get('loss', float('nan')):.4f}", val=row.get("val_dice", "-"))
                 if not interactive:
                     self.log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
@@ -449,9 +602,9 @@ class Trainer:
             if self.iteration % self.config.checkpoint_interval == 0 and self.iteration < self.max_iterations:
                 self._save_checkpoint()
         bar.close()
-        return self._finish(log_rows, time.time() - started)
+        return self._finish(self._elapsed())
 
-    def _finish(self, log_rows: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
+    def _finish(self, seconds: float) -> dict[str, Any]:
         final_state = self.best_state if self.best_state is not None else {
             k: v.detach().cpu() for k, v in self.model.state_dict().items()}
         meta = {"card": self.card.to_dict(), "card_path": str(self.card.path), "method_id": self.card.id,
@@ -464,23 +617,68 @@ class Trainer:
                 "size_divisor": self.size_divisor, "seed": self.config.seed,
                 "selected_iteration": self.best["iteration"] if self.best_state is not None else self.iteration,
                 "best_val_dice": self.best["score"] if self.best_state is not None else None,
-                "seconds": round(seconds, 1), "device": str(self.device), "versions": versions()}
+                "seconds": round(seconds, 1), "device": str(self.device), "versions": versions(),
+                "state_hash": self.state_hash, "format": FORMAT_VERSION}
         meta = json.loads(json.dumps(meta))  # plain types only: loadable with weights_only=True
-        with atomic_path(self.out / "train_log.csv") as tmp:
-            keys: list[str] = []
-            for row in log_rows:
-                keys += [k for k in row if k not in keys]
-            with open(tmp, "w", newline="") as handle:
-                writer = csv.DictWriter(handle, fieldnames=keys)
-                writer.writeheader()
-                writer.writerows(log_rows)
         write_json(meta, self.out / "meta.json")
         with atomic_path(self.out / "model.pt") as tmp:
-            torch.save({"weights": final_state, "meta": meta}, tmp)
+            torch.save({"format": FORMAT_VERSION, "weights": final_state, "meta": meta}, tmp)
         (self.out / "last.pt").unlink(missing_ok=True)
         self.log(f"done in {seconds:.0f} s; selected iteration {meta['selected_iteration']}"
                  + (f" (val Dice {meta['best_val_dice']:.4f})" if meta["best_val_dice"] is not None else ""))
         return meta
+
+
+def _version_tuple(text: object) -> tuple[int, ...]:
+    """``"0.10.2"`` -> (0, 10, 2): enough to tell which of two release numbers is newer."""
+    return tuple(int(part) for part in re.findall(r"\d+", str(text).split("+")[0])[:3])
+
+
+def read_model_file(path: Path) -> dict[str, Any]:
+    """``model.pt``'s content once its structure is checked; one :class:`InputError` line otherwise.
+
+    A file of another format version is refused (the version says what the file holds). A file
+    written by a newer cmfnet of the same format is read with a warning: the format, not the
+    release number, is the compatibility promise.
+    """
+    if not path.is_file():
+        raise InputError(path, "no trained model here (model.pt missing)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure is a corrupt file to the user
+        raise InputError(path, f"cannot load model ({type(err).__name__}); it is not a model.pt that "
+                               "loads with weights_only=True") from None
+    if not isinstance(state, dict) or not isinstance(state.get("meta"), dict):
+        raise InputError(path, "not a cmfnet model: no 'meta' record")
+    found = state.get("format")
+    if found != FORMAT_VERSION:
+        raise InputError(path, f"model format {found if found is not None else 'none (older than format 1)'}, "
+                               f"this cmfnet {__version__} reads format {FORMAT_VERSION}: retrain the model")
+    meta = state["meta"]
+    missing = [key for key in MODEL_META_KEYS if key not in meta]
+    if missing:
+        raise InputError(path, f"meta lacks {', '.join(missing)}: written by an older cmfnet? retrain the model")
+    weights = state.get("weights")
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise InputError(path, "no 'weights' record of tensors")
+    written_by = (meta.get("versions") or {}).get("cmfnet")
+    if written_by is not None and _version_tuple(written_by) > _version_tuple(__version__):
+        print(f"cmfnet: warning: {path} was written by cmfnet {written_by}, newer than this {__version__}; "
+              f"reading it as format {FORMAT_VERSION}", file=sys.stderr)
+    return state
+
+
+def _weights_problem(model: nn.Module, weights: dict[str, torch.Tensor]) -> str | None:
+    """Which weights a network lacks, has too many of, or holds in another shape (None: they fit)."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in weights]
+    unexpected = [k for k in weights if k not in expected]
+    shapes = [f"{k} {tuple(weights[k].shape)} not {tuple(v.shape)}" for k, v in expected.items()
+              if k in weights and weights[k].shape != v.shape]
+    parts = [f"{label} {', '.join(names[:3])}" + (f" (+{len(names) - 3} more)" if len(names) > 3 else "")
+             for label, names in (("missing", missing), ("unexpected", unexpected), ("shape of", shapes))
+             if names]
+    return "; ".join(parts) or None
 
 
 class TrainedModel:
@@ -504,15 +702,15 @@ class TrainedModel:
     def load(cls, model_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainedModel:
         """Load ``model.pt``; ``overrides`` (``params.X=V``) may change inference-only params only."""
         path = Path(model_dir) / "model.pt"
-        if not path.is_file():
-            raise InputError(path, "no trained model here (model.pt missing)")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001 - any unpickling failure is a corrupt file to the user
-            raise InputError(path, f"cannot load model ({type(err).__name__})") from None
+        state = read_model_file(path)
         meta = state["meta"]
+        if not isinstance(meta["card"], dict):
+            raise InputError(path, "meta 'card' is not a mapping")
         card = Card.from_dict(meta["card"], meta["card_path"])
-        method = load_method(card)
+        try:
+            method = load_method(card)
+        except InputError as err:
+            raise InputError(path, f"its card: {err.problem}") from None
         if overrides:
             for text in overrides:
                 try:
@@ -526,7 +724,13 @@ class TrainedModel:
                                               f"'{method.name}' model can only change: {allowed}")
                 card.params[name] = value
             method = load_method(card)
-        model = method.build_network(len(meta["channels"]), meta["num_classes"])
+        try:
+            model = method.build_network(len(meta["channels"]), meta["num_classes"])
+        except (ValueError, TypeError) as err:
+            raise InputError(path, f"its card's network cannot be built ({err})") from None
+        problem = _weights_problem(model, state["weights"])
+        if problem:
+            raise InputError(path, f"weights do not fit the network of its card: {problem}")
         model.load_state_dict(state["weights"])
         model.eval()
         return cls(path, method, model, meta)
@@ -562,10 +766,29 @@ class TrainedModel:
 
 # -- cmfnet train ---------------------------------------------------------------------------------
 
-def resolve_train_config(card: Card, preset: dict[str, Any] | None) -> TrainConfig:
-    """Engine defaults < the preset's train block < the card's train block (incl. --set train.*)."""
-    merged = {**(preset or {}), **card.train}
-    return TrainConfig.from_dict(merged, card.path)
+def resolve_train_config(card: Card, preset: dict[str, Any] | None,
+                         preset_source: object = "train config") -> TrainConfig:
+    """Engine defaults < the preset's train block < the card's train block (incl. --set train.*).
+
+    The preset is checked on its own first, so that a bad value there is reported against it.
+    """
+    TrainConfig.from_dict(preset or {}, preset_source)
+    return TrainConfig.from_dict({**(preset or {}), **card.train}, card.path)
+
+
+def _finished_already(trainer: Trainer, force: bool) -> bool:
+    """Whether ``model.pt`` already holds this very training (nothing to do); refuse another one's."""
+    path = trainer.out / "model.pt"
+    if force or not path.exists():
+        return False
+    try:
+        meta = read_model_file(path)["meta"]
+    except InputError as err:
+        raise InputError(path, f"{err.problem}; --force retrains over it") from None
+    if meta.get("state_hash") != trainer.state_hash:
+        raise InputError(path, "exists and was trained with another card, train config, fold or dataset; "
+                               "--force retrains over it")
+    return True
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -577,14 +800,24 @@ def _run(args: argparse.Namespace) -> int:
             data = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(Path(text).read_text())
         except (json.JSONDecodeError, yaml.YAMLError, OSError) as err:
             raise InputError(text[:80], f"cannot read train config ({err})") from None
-        preset = data.get("train", data) if isinstance(data, dict) else {}
-    config = resolve_train_config(card, preset)
+        preset = data.get("train", data) if isinstance(data, dict) else data
+        if not isinstance(preset, dict):
+            raise InputError(text[:80], "a train config must be a mapping (optionally under 'train:')")
+    config = resolve_train_config(card, preset, args.train_config)
+    if args.out.exists() and not args.out.is_dir():
+        raise InputError(args.out, "--out is an existing file, not a folder")
+    if args.threads is not None and args.threads < 1:
+        raise InputError("--threads", f"{args.threads}: must be >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     dataset = Dataset(args.dataset)
     trainer = Trainer(card, dataset, args.fold, args.out, config, device=args.device)
+    if _finished_already(trainer, args.force):
+        print(f"{args.out / 'model.pt'} exists and was trained with this card, config, fold and dataset: "
+              "nothing to do (--force retrains)")
+        return 0
     meta = trainer.fit()
-    print(f"trained {card.id} fold {args.fold}: {meta['max_iterations']} iterations in {meta['seconds']} s "
+    print(f"trained {card.id} fold {args.fold}: {counted(meta['max_iterations'], 'iteration')} in {meta['seconds']} s "
           f"-> {args.out / 'model.pt'}")
     return 0
 
@@ -593,7 +826,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train", help="train one method (card) on one fold",
         description="Train a method on a fold's training cases, select the checkpoint on its validation "
-                    "cases, and write OUT/model.pt. Re-running after a kill resumes from OUT/last.pt.")
+                    "cases, and write OUT/model.pt. Re-running after a kill resumes from OUT/last.pt; "
+                    "re-running a finished training does nothing (--force retrains).")
     parser.add_argument("--card", type=Path, required=True, help="method card, e.g. methods/pce.yaml")
     parser.add_argument("--variant", help="variant id, when the card is a variant file (methods/table5.yaml)")
     parser.add_argument("--dataset", type=Path, required=True, help="dataset folder")
@@ -605,6 +839,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="override a card field, e.g. train.iterations=3 or params.weight=0.1")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--force", action="store_true",
+                        help="retrain even if OUT/model.pt exists (it is replaced when training completes)")
     parser.set_defaults(func=_run)
 
 

@@ -59,6 +59,7 @@ class CmFNetHybrid(Method):
         "spacing": None,  # (z, y, x) mm, used when the engine gives none
         "output": "mm",  # the head logits() returns: mm (the paper), ct or mr (Table V)
     }
+    param_types: ClassVar[dict[str, Any]] = {"spacing": list[float] | None, "crf_downsample": list[int]}
 
     def __init__(self, card: Card) -> None:
         super().__init__(card)
@@ -68,6 +69,8 @@ class CmFNetHybrid(Method):
         for key in ("lambda_ct", "lambda_mr", "alpha1", "alpha2"):
             if not isinstance(p[key], (int, float)) or p[key] < 0:
                 raise InputError(card.path, f"params.{key} must be a number >= 0, got {p[key]!r}")
+        if p["crf_radius"] < 1 or p["crf_sigma_xy_mm"] <= 0 or p["crf_sigma_intensity"] <= 0:
+            raise InputError(card.path, "params.crf_radius must be >= 1 and the CRF sigmas > 0")
         if not (p["use_ssl"] or p["use_imr"] or p["use_imc"]):
             raise InputError(card.path, "params switch every loss term off (use_ssl, use_imr, use_imc)")
         if p["spacing"] is not None and (len(p["spacing"]) != 3 or min(p["spacing"]) <= 0):

@@ -43,12 +43,16 @@ Such rows have ids ``<file stem>.<variant id>@<head>``; the model is trained onc
 
 from __future__ import annotations
 
+import collections.abc
 import copy
 import importlib
 import importlib.util
 import inspect
 import itertools
+import math
 import sys
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -58,7 +62,7 @@ import yaml
 from torch import nn
 
 from cmfnet.errors import InputError
-from cmfnet.networks import build_network
+from cmfnet.networks import build_network, network_constructor
 
 if TYPE_CHECKING:
     from cmfnet.engine import Trainer
@@ -66,6 +70,107 @@ if TYPE_CHECKING:
 CARD_KEYS = {"name", "plugin", "supervision", "scribble_variant", "fusion", "network", "channels",
              "params", "train", "description", "paper", "table"}
 VARIANT_FILE_KEYS = {"extends", "table", "variants", "grid", "heads", "description"}
+
+
+# -- value checks shared by cards, params, network options and the train block ----------------
+
+def matches_type(value: Any, hint: Any) -> bool:
+    """Whether ``value`` (as YAML gives it) fits a type hint; an int fits float, a bool fits no number."""
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(matches_type(value, arg) for arg in typing.get_args(hint))
+    if hint is None or hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if origin in (list, tuple, collections.abc.Sequence) or hint in (list, tuple):
+        args = typing.get_args(hint)
+        return isinstance(value, (list, tuple)) and (not args or all(matches_type(v, args[0]) for v in value))
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def describe_type(hint: Any) -> str:
+    """``int | None`` -> "an int or null": the words a message uses for a hint."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(describe_type(arg) for arg in typing.get_args(hint))
+    if hint is None or hint is type(None):
+        return "null"
+    if origin in (list, tuple, collections.abc.Sequence) or hint in (list, tuple):
+        args = typing.get_args(hint)
+        return f"a list of {describe_type(args[0]).removeprefix('a ').removeprefix('an ')}s" if args else "a list"
+    names = {bool: "true or false", int: "an int", float: "a number", str: "a string", dict: "a mapping"}
+    return names.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def counted(n: int, noun: str) -> str:
+    """``counted(1, "volume")`` -> "1 volume", ``counted(3, "volume")`` -> "3 volumes"."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def check_value(source: object, name: str, value: Any, hint: Any) -> None:
+    """Raise one :class:`InputError` line when ``value`` does not fit ``hint``."""
+    if matches_type(value, hint):
+        return
+    problem = f"{name}={value!r}: expected {describe_type(hint)}"
+    if isinstance(value, str) and matches_type(0.5, hint):
+        try:
+            float(value)
+            problem += " (YAML reads a number like 1e-3 as text: write 1.0e-3)"
+        except ValueError:
+            pass
+    raise InputError(source, problem)
+
+
+def check_range(source: object, name: str, value: Any, ok: bool, rule: str) -> None:
+    """Raise one :class:`InputError` line when a typed ``value`` is outside its range."""
+    if not ok:
+        raise InputError(source, f"{name}={value!r}: must be {rule}")
+
+
+# network options the constructors take but whose range a type cannot say
+_NETWORK_RANGES: dict[str, tuple[collections.abc.Callable[[Any], bool], str]] = {
+    "width": (lambda v: v >= 1, ">= 1"),
+    "dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "downsamplings": (lambda v: v >= 1, ">= 1"),
+    "ct_downsamplings": (lambda v: v is None or v >= 1, ">= 1"),
+    "mr_downsamplings": (lambda v: v is None or v >= 1, ">= 1"),
+    "n_convs": (lambda v: min(v) >= 1 if isinstance(v, (list, tuple)) else v >= 1, ">= 1 per stage"),
+    "ct_convs": (lambda v: v >= 1, ">= 1"),
+    "mr_convs": (lambda v: v >= 1, ">= 1"),
+    "mm_convs": (lambda v: v >= 1, ">= 1"),
+    "norm": (lambda v: v in ("batch", "instance", "group", "none"), "batch, instance, group or none"),
+    "act": (lambda v: v in ("relu", "prelu"), "relu or prelu"),
+}
+
+
+def check_network_options(source: object, network: dict[str, Any]) -> None:
+    """A card's ``network`` block against its constructor: known names, their types, their ranges."""
+    arch = network.get("arch", "vnet")
+    try:
+        constructor = network_constructor(arch)
+    except ValueError as err:
+        raise InputError(source, f"network.arch: {err}") from None
+    hints = typing.get_type_hints(constructor.__init__)
+    accepted = [p for p in inspect.signature(constructor).parameters if p not in ("in_channels", "num_classes")]
+    for name, value in network.items():
+        if name == "arch":
+            continue
+        if name not in accepted:
+            raise InputError(source, f"network.{name}: not an option of network '{arch}'; "
+                                     f"it takes {', '.join(accepted)}")
+        check_value(source, f"network.{name}", value, hints.get(name, Any))
+        if name in _NETWORK_RANGES:
+            rule, words = _NETWORK_RANGES[name]
+            check_range(source, f"network.{name}", value, rule(value), words)
 
 
 @dataclass
@@ -104,13 +209,27 @@ class Method:
     #: params that change only what a trained model predicts, never its training (e.g. which
     #: output head); ``cmfnet predict --set params.<name>=...`` may change these and nothing else
     inference_params: ClassVar[frozenset[str]] = frozenset()
+    #: the type of a param whose default does not tell it (a None default, an int-or-list option);
+    #: every other param must have the type of its default (an int may stand for a float)
+    param_types: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, card: Card) -> None:
         unknown = set(card.params) - set(self.defaults)
         if unknown:
             raise InputError(card.path, f"unknown params for plugin '{self.name}': {sorted(unknown)}")
+        for name, value in card.params.items():
+            check_value(card.path, f"params.{name}", value, self.param_type(name))
+        check_network_options(card.path, card.network)
         self.card = card
         self.params: dict[str, Any] = {**copy.deepcopy(self.defaults), **card.params}
+
+    @classmethod
+    def param_type(cls, name: str) -> Any:
+        """The type a card's ``params.<name>`` must have: ``param_types``, else its default's type."""
+        if name in cls.param_types:
+            return cls.param_types[name]
+        default = cls.defaults[name]
+        return Any if default is None else float if isinstance(default, float) else type(default)
 
     # -- network and prediction ---------------------------------------------------------------
     def build_network(self, in_channels: int, num_classes: int) -> nn.Module:
@@ -132,7 +251,13 @@ class Method:
         """Called after each optimiser step (``iteration`` is the step just done)."""
 
     def state_dict(self) -> dict[str, Any]:
-        """Per-method state that must survive a resume (tensors and plain types only)."""
+        """Per-method state that must survive a resume.
+
+        Tensors and plain types only, so that ``last.pt`` loads with ``weights_only=True``. The
+        engine does not store training targets: a plugin that replaces
+        ``trainer.volumes[case].target`` keeps the new targets here and puts them back in
+        :meth:`setup` (as DMSPS does).
+        """
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -319,13 +444,22 @@ def load_card(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
         raise InputError(path, "supervision must be 'scribble' or 'mask'")
     if raw.get("fusion", "input") not in ("input", "cross-modal"):
         raise InputError(path, "fusion must be 'input' or 'cross-modal'")
+    for key in ("network", "params", "train"):
+        if raw.get(key) is not None and not isinstance(raw[key], dict):
+            raise InputError(path, f"{key} must be a mapping, got {raw[key]!r}")
+    for key in ("name", "plugin", "scribble_variant"):
+        if key in raw:
+            check_value(path, key, raw[key], str)
     channels = raw.get("channels")
+    check_value(path, "channels", channels, list[int] | None)
+    if channels is not None and (not channels or min(channels) < 0 or len(set(channels)) != len(channels)):
+        raise InputError(path, f"channels={channels!r}: must be distinct channel indices >= 0, e.g. [0, 1]")
     return Card(path=path, name=str(raw["name"]), plugin=str(raw["plugin"]),
                 supervision=raw.get("supervision", "scribble"),
                 scribble_variant=raw.get("scribble_variant", "sim"),
                 fusion=raw.get("fusion", "input"),
                 network=dict(raw.get("network") or {"arch": "vnet"}),
-                channels=[int(c) for c in channels] if channels is not None else None,
+                channels=list(channels) if channels is not None else None,
                 params=dict(raw.get("params") or {}), train=dict(raw.get("train") or {}),
                 variant=variant, head=head, table=table or raw.get("table"), raw=raw)
 

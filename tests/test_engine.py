@@ -51,43 +51,73 @@ def test_sampler_patches_always_hold_labelled_voxels() -> None:
         assert all(s.stop - s.start == p for s, p in zip(boxes[0], [8, 16, 16]))
 
 
+def kill_after(monkeypatch: pytest.MonkeyPatch, trainer: Trainer, iteration: int) -> None:
+    """Make ``trainer.fit()`` die (as a kill would) right after step ``iteration``."""
+    def die(trainer: Trainer, it: int) -> None:
+        if it == iteration:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer.method, "after_step", die)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+
+
+def _log_rows(out: Path) -> list[dict[str, str]]:
+    """train_log.csv without its timing column (the only one that differs between equal runs)."""
+    import csv
+
+    with open(out / "train_log.csv", newline="") as handle:
+        return [{k: v for k, v in row.items() if k != "sec_per_it"} for row in csv.DictReader(handle)]
+
+
+# Patches smaller than the 16x32x32 volumes, so patch positions are random; dropout is on (the
+# card's V-Net default 0.5); val_interval=0 selects the last iteration, which comes after the kill.
+AFTER_KILL = {"patch_size": [16, 16, 16], "batch_size": 2, "val_interval": 0}
+
+
 def test_resume_after_kill_matches_uninterrupted_run(tmp_path: Path, tiny_dataset: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    full = make_trainer(tmp_path, tiny_dataset, "full")
+    full = make_trainer(tmp_path, tiny_dataset, "full", **AFTER_KILL)
     full.fit()
     reference = torch.load(tmp_path / "full" / "model.pt", weights_only=True)["weights"]
 
-    killed = make_trainer(tmp_path, tiny_dataset, "killed")
-
-    def die(trainer: Trainer, iteration: int) -> None:
-        if iteration == 5:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(killed.method, "after_step", die)
-    with pytest.raises(KeyboardInterrupt):
-        killed.fit()
-    assert (tmp_path / "killed" / "last.pt").is_file()
+    kill_after(monkeypatch, make_trainer(tmp_path, tiny_dataset, "killed", **AFTER_KILL), 5)
+    assert torch.load(tmp_path / "killed" / "last.pt", weights_only=True)["iteration"] == 4
     assert not (tmp_path / "killed" / "model.pt").exists()
 
-    resumed = make_trainer(tmp_path, tiny_dataset, "killed")
-    resumed.fit()
-    assert resumed.iteration == 8
+    resumed = make_trainer(tmp_path, tiny_dataset, "killed", **AFTER_KILL)
+    meta = resumed.fit()
+    assert resumed.iteration == 8 and meta["selected_iteration"] == 8
     assert not (tmp_path / "killed" / "last.pt").exists()
     weights = torch.load(tmp_path / "killed" / "model.pt", weights_only=True)["weights"]
     for key, value in reference.items():
         assert torch.equal(value, weights[key]), key
+    assert _log_rows(tmp_path / "killed") == _log_rows(tmp_path / "full")
 
 
-def test_changed_config_does_not_resume_stale_checkpoint(tmp_path: Path, tiny_dataset: Path,
+@pytest.mark.parametrize("change", ["card", "train config"])
+def test_changed_config_does_not_resume_stale_checkpoint(change: str, tmp_path: Path, tiny_dataset: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    killed = make_trainer(tmp_path, tiny_dataset)
-    monkeypatch.setattr(killed.method, "after_step",
-                        lambda trainer, it: (_ for _ in ()).throw(KeyboardInterrupt) if it == 5 else None)
-    with pytest.raises(KeyboardInterrupt):
-        killed.fit()
-    other = make_trainer(tmp_path, tiny_dataset, lr=0.01)
-    other.fit()
-    assert other.iteration == 8
+    """A card or train config that differs from the checkpoint's trains from scratch: the result
+    equals a fresh run with the new settings (a stale resume would carry the old weights on)."""
+    card_path = write_card(tmp_path)
+
+    def trainer(out: str, changed: bool) -> Trainer:
+        card = load_card(card_path, ["network.dropout=0.2"] if changed and change == "card" else [])
+        train = {**FAST, **AFTER_KILL, **({"lr": 0.01} if changed and change == "train config" else {})}
+        return Trainer(card, Dataset(tiny_dataset), 0, tmp_path / out, TrainConfig(**train), device="cpu")
+
+    kill_after(monkeypatch, trainer("out", changed=False), 5)
+    assert (tmp_path / "out" / "last.pt").is_file()
+    stale = trainer("out", changed=True)
+    stale.fit()
+    trainer("fresh", changed=True).fit()
+    assert stale.iteration == 8
+    weights = torch.load(tmp_path / "out" / "model.pt", weights_only=True)["weights"]
+    fresh = torch.load(tmp_path / "fresh" / "model.pt", weights_only=True)["weights"]
+    for key, value in fresh.items():
+        assert torch.equal(value, weights[key]), key
+    assert _log_rows(tmp_path / "out") == _log_rows(tmp_path / "fresh")
 
 
 def test_teacher_is_an_ema_of_the_student(tmp_path: Path, tiny_dataset: Path) -> None:

@@ -57,3 +57,54 @@ def test_heads_are_rows_of_one_trained_model(tmp_path: Path, tiny_dataset: Path)
     assert not torch.equal(outputs["ct"], outputs["mr"])
     with pytest.raises(InputError, match="would change what was trained"):
         TrainedModel.load(tmp_path / "m", ["params.lambda_ct=0.5"])
+
+
+def test_every_shipped_card_passes_the_value_checks() -> None:
+    """The type and range checks of params and network options accept every card and variant we ship."""
+    from cmfnet.method import load_method, method_ids
+
+    ids = [i for card in sorted((REPO / "methods").glob("*.yaml")) for i in method_ids(card)]
+    for method_id in ids:
+        path, variant, head = card_path_for_id(REPO / "methods", method_id)
+        load_method(load_card(path, [], variant, head))
+    assert len(ids) > len(TABLE1)
+
+
+@pytest.mark.parametrize("method", ["dmsps", "s2l"])
+def test_plugin_state_survives_a_kill_through_the_real_engine(method: str, tmp_path: Path, tiny_dataset: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed after the checkpoint at iteration 5 (DMSPS is in stage 2 since iteration 4, S2L has
+    EMA maps), the resumed run ends with the weights and log rows of an uninterrupted one. The
+    engine stores no targets: DMSPS must put its pseudo-labels back itself."""
+    import csv
+
+    # a low S2L threshold, so that its pseudo-labels (and so the weights) depend on the EMA maps
+    sensitive = {"dmsps": [], "s2l": ["params.threshold=0.3", "params.alpha=0.5"]}[method]
+    card = load_card(REPO / "methods" / f"{method}.yaml", ["network.width=2", *sensitive])
+    config = TrainConfig(iterations=8, batch_size=2, patch_size=[16, 16, 16], val_interval=0,
+                         checkpoint_interval=5, log_interval=4)
+
+    def trainer(out: str) -> Trainer:
+        return Trainer(card, Dataset(tiny_dataset), 0, tmp_path / out, config, device="cpu")
+
+    def rows(out: str) -> list[dict[str, str]]:
+        with open(tmp_path / out / "train_log.csv", newline="") as handle:
+            return [{k: v for k, v in row.items() if k != "sec_per_it"} for row in csv.DictReader(handle)]
+
+    trainer("full").fit()
+    killed = trainer("killed")
+    after_step = killed.method.after_step
+
+    def die(trainer: Trainer, iteration: int) -> None:
+        after_step(trainer, iteration)
+        if iteration == 5:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(killed.method, "after_step", die)
+    with pytest.raises(KeyboardInterrupt):
+        killed.fit()
+    trainer("killed").fit()
+    full = torch.load(tmp_path / "full" / "model.pt", weights_only=True)["weights"]
+    resumed = torch.load(tmp_path / "killed" / "model.pt", weights_only=True)["weights"]
+    assert all(torch.equal(value, resumed[key]) for key, value in full.items())
+    assert rows("killed") == rows("full")

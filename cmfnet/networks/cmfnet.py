@@ -100,6 +100,7 @@ class CrossModalDecoder(nn.Module):
         return self.head(self.dropout(x))
 
 
+@register("cmfnet")
 class CmFNet(nn.Module):
     """Triple-branch network; ``forward`` returns ``{"y_ct", "y_mr", "y_mm"}`` logits.
 
@@ -114,7 +115,7 @@ class CmFNet(nn.Module):
         super().__init__()
         if in_channels not in (1, 2):
             raise ValueError(f"CmFNet takes 1 (CT, fed to both branches) or 2 (CT, MR) input channels, "
-                             f"got {in_channels}")
+                             f"got {in_channels}: pick two with --set channels=[0,1] (CT first, then MR)")
         if cff and not cfe:
             raise ValueError("cff=True needs cfe=True: the CFF skips feed the decoder that starts at the CFE")
         ct_ds = branch_downsamplings(ct_convs) if ct_downsamplings is None else ct_downsamplings
@@ -151,8 +152,3 @@ class CmFNet(nn.Module):
         bottleneck = self.cfe(fused[CFE_STAGE])
         y_mm = self.mm_decoder(bottleneck, {stage: fused[stage] for stage in self.skip_stages})
         return {"y_ct": y_ct, "y_mr": y_mr, "y_mm": y_mm}
-
-
-@register("cmfnet")
-def cmfnet(in_channels: int, num_classes: int, **options: object) -> CmFNet:
-    return CmFNet(in_channels, num_classes, **options)  # type: ignore[arg-type]

@@ -70,7 +70,7 @@ def stage_convs(n_convs: int | Sequence[int], downsamplings: int) -> list[int]:
         return [n_convs] * (downsamplings + 1)
     convs = list(n_convs)
     if len(convs) != downsamplings + 1:
-        raise ValueError(f"n_convs has {len(convs)} entries, expected {downsamplings + 1}")
+        raise ValueError(f"n_convs needs one entry per stage ({downsamplings + 1} stages), got {convs}")
     return convs
 
 
@@ -119,6 +119,7 @@ class VNetDecoder(nn.Module):
         return self.head(self.dropout(x))
 
 
+@register("vnet")
 class VNet(nn.Module):
     """Single-branch V-Net; with several input channels it is the input-level fusion baseline."""
 
@@ -138,8 +139,3 @@ class VNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encoder(x))
-
-
-@register("vnet")
-def vnet(in_channels: int, num_classes: int, **options: object) -> VNet:
-    return VNet(in_channels, num_classes, **options)  # type: ignore[arg-type]
