@@ -534,13 +534,7 @@ class Trainer:
         removed = remove_leftover_partials(self.out)
         if removed:
             self.log(f"removed partial files a killed write left: {', '.join(p.name for p in removed)}")
-        try:
-            return self._train(val_data)
-        except BaseException:
-            # SIGTERM (Terminated) or Ctrl-C between mkstemp and atomic_path's try block leaves
-            # a temporary file that its finally never sees; only this run writes here
-            remove_leftover_partials(self.out)
-            raise
+        return self._train(val_data)
 
     def _train(self, val_data: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
         """Resume if possible, run the iterations, write the outputs."""

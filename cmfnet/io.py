@@ -20,9 +20,9 @@ import importlib.resources
 import json
 import os
 import re
+import secrets
 import shutil
 import struct
-import tempfile
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -174,12 +174,29 @@ def nifti_problem(path: Path) -> str | None:
     return _nifti_payload_problem(data)
 
 
-def _temporary_sibling(path: Path) -> Path:
-    """A hidden temporary name in the same folder, so the final rename is atomic."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part" + "".join(path.suffixes),
-                               dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
+def _temporary_sibling(path: Path, folder: bool = False) -> Path:
+    """A hidden, unused temporary name in the same folder (so the final rename is atomic).
+
+    Only the name: the caller records it before creating it, so a signal can never leave a file
+    behind that no ``finally`` knows of (signals reach Python between any two bytecodes).
+    """
+    suffix = ".part" if folder else ".part" + "".join(path.suffixes)
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}{suffix}"
+        if not tmp.exists():
+            return tmp
+
+
+def _create(tmp: Path, folder: bool) -> bool:
+    """Create ``tmp`` exclusively (file or folder); False if another writer took the name first."""
+    try:
+        if folder:
+            tmp.mkdir()
+        else:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        return False
+    return True
 
 
 def _umask() -> int:
@@ -195,8 +212,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temporary_sibling(path)
     try:
+        while not _create(tmp, folder=False):
+            tmp = _temporary_sibling(path)
         yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the permissions open() would
+        os.chmod(tmp, 0o666 & ~_umask())  # created 0600; give the permissions open() would
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -210,10 +229,12 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
+    tmp = _temporary_sibling(path, folder=True)
     try:
+        while not _create(tmp, folder=True):
+            tmp = _temporary_sibling(path, folder=True)
         yield tmp
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
+        os.chmod(tmp, 0o777 & ~_umask())
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -227,7 +248,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
 
 
 # Temporary names made by atomic_path (".NAME.XXXXXXXX.part.SUFFIXES") and atomic_dir
-# (".NAME.XXXXXXXX.part", ".NAME.old"): the random part is mkstemp's eight characters.
+# (".NAME.XXXXXXXX.part", ".NAME.old"): the random part is eight characters.
 _PARTIAL = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.part(\..+)?$|^\..+\.old$")
 
 
