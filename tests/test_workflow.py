@@ -25,6 +25,7 @@ from snakemake.utils import update_config
 
 from cmfnet.engine import TrainConfig, resolve_train_config
 from cmfnet.method import load_card
+from cmfnet.provenance import plugin_sources, trained_as
 from test_pipeline import TOY_PLUGIN  # the toy of the one-module-plus-one-card test
 
 REPO = Path(__file__).resolve().parents[1]
@@ -285,3 +286,20 @@ def test_lint_is_clean(tmp_path: Path) -> None:
     work = repo_copy(tmp_path / "repo")
     result = snakemake(work, "--lint")
     assert result.returncode == 0, result.stdout[-3000:]
+
+
+@pytest.mark.parametrize(("row", "model"), [
+    ("fig6_alpha.alpha0p8", "cmfnet"), ("fig6_lambda.lambda0p2", "cmfnet"), ("table7.ssl_imr_imc", "cmfnet"),
+    ("table6.mfl_cfe_cff", "cmfnet"), ("table6.mfl", "table6.mfl"), ("table5.ct3_mr4@mr", "table5.ct3_mr4")])
+def test_the_repos_sweep_points_equal_to_cmfnet_read_its_model(row: str, model: str) -> None:
+    preset = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["train"]
+    assert trained_as(REPO / "methods", row, preset, protocol_version=1) == model
+
+
+def test_a_baseline_trains_from_its_module_and_the_baseline_helpers_it_imports() -> None:
+    def sources(card: str) -> list[str]:
+        return [str(path.relative_to(REPO)) for path in plugin_sources(load_card(REPO / "methods" / card))]
+
+    assert sources("em.yaml") == ["baselines/em.py", "baselines/regularizers.py"]
+    assert sources("pce.yaml") == ["baselines/pce.py"]
+    assert sources("cmfnet.yaml") == ["cmfnet/hybrid.py"]  # the rest of cmfnet/ is the shared protocol

@@ -1,5 +1,6 @@
 # Helpers shared by the rules: config validation, method and fold expansion, CLI arguments, and
 # what each job depends on (cmfnet/provenance.py explains the rerun and reuse rules).
+import importlib.util
 import json
 from functools import cache
 from pathlib import Path
@@ -12,9 +13,8 @@ from snakemake.utils import validate
 from cmfnet.engine import resolve_train_config
 from cmfnet.errors import InputError
 from cmfnet.io import Dataset
-from cmfnet.method import card_path_for_id, head_overrides, load_card, method_ids, training_id
-from cmfnet.provenance import plugin_sources, row_hash, trained_as, training_settings, digest, workdir_relative
-
+from cmfnet.method import card_path_for_id, head_overrides, load_card, method_ids
+from cmfnet.provenance import digest, plugin_sources, row_hash, trained_as, training_settings, workdir_relative
 
 
 def check_config(schema_file):
@@ -94,10 +94,6 @@ def predict_overrides(wildcards):
     return " ".join(f"--set '{key}={value}'" for key, value in head_overrides(path)[head][1].items())
 
 
-def dataset_json():
-    return Path(dataset_dir()) / "dataset.json"
-
-
 def dataset_folds():
     """(number of folds, where that number comes from), or (None, why not) before an import."""
     source = config["dataset"]["source"]
@@ -128,12 +124,6 @@ def folds():
 
 def scribble_flag(variant):
     return f"{dataset_dir()}/scribblesTr/{variant}/coverage.json"
-
-
-def scribble_variants():
-    """Variants the configured methods train on; 'given' ships with the data and is never generated."""
-    variants = {card_of(m).scribble_variant for m in all_method_ids() if card_of(m).supervision == "scribble"}
-    return sorted(variants - {"given"})
 
 
 def train_inputs(wildcards):
@@ -199,9 +189,7 @@ def table_outputs():
 
 def tables_code():
     """cmfnet/tables.py is an input of the tables: editing it rebuilds them and nothing else."""
-    import cmfnet.tables
-
-    return workdir_relative(Path(cmfnet.tables.__file__))
+    return workdir_relative(Path(importlib.util.find_spec("cmfnet.tables").origin))
 
 
 def final_outputs():
