@@ -100,6 +100,9 @@ def dataset_folds():
     if source == "synth":
         return config["dataset"]["synth"]["folds"], "dataset.synth.folds"
     folder = Path(config["dataset"]["path"]) if source == "path" else Path(dataset_dir())
+    if source == "path" and not (folder / "dataset.json").is_file():
+        raise InputError("config.dataset.path", f"{folder} holds no dataset.json; give the folder that "
+                                                "`cmfnet import` wrote")
     if not (folder / "dataset.json").is_file():
         return None, f"{folder / 'dataset.json'} does not exist yet"
     return len(Dataset(folder).splits), str(folder / "dataset.json")
