@@ -134,9 +134,16 @@ def plot_sweep(summary: pd.DataFrame, path: Path, title: str) -> None:
 
 
 def metric_files(results: Path) -> list[Path]:
-    """Every metrics CSV under ``results/metrics`` (or under ``results`` itself)."""
+    """Every metrics CSV under ``results/metrics`` (or under ``results`` itself); naming the folder
+    searched when there is none (a wrong --results is the usual cause)."""
     root = results / "metrics" if (results / "metrics").is_dir() else results
-    return sorted(root.rglob("*.csv"))
+    if not root.is_dir():
+        raise InputError(root, "no such folder (give --results the folder that holds metrics/, e.g. "
+                               "results, or one dataset's metrics, e.g. results/metrics/smoke-npc)")
+    files = sorted(root.rglob("*.csv"))
+    if not files:
+        raise InputError(root, "no per-case metric CSVs found (searched **/*.csv in this folder)")
+    return files
 
 
 def write_tables(files: list[Path], out: Path, order: list[str] | None = None) -> list[Path]:

@@ -1,18 +1,44 @@
-# Helpers shared by the rules: config validation, method and fold expansion, CLI arguments.
-import hashlib
+# Helpers shared by the rules: config validation, method and fold expansion, CLI arguments, and
+# what each job depends on (cmfnet/provenance.py explains the rerun and reuse rules).
+import importlib.util
 import json
+from functools import cache
 from pathlib import Path
 
+import jsonschema
 import torch
+import yaml
 from snakemake.utils import validate
 
+from cmfnet.engine import resolve_train_config
+from cmfnet.errors import InputError
 from cmfnet.io import Dataset
-from cmfnet.method import card_path_for_id, head_overrides, load_card, method_ids, training_id
+from cmfnet.method import card_path_for_id, head_overrides, load_card, method_ids
+from cmfnet.provenance import digest, plugin_sources, row_hash, trained_as, training_settings, workdir_relative
 
+
+def check_config(schema_file):
+    """Refuse a bad config in one line that names the key (Snakemake's validate prints the whole
+    schema); validate() below then fills in the defaults."""
+    schema = yaml.safe_load(Path(schema_file).read_text())
+    if isinstance(config.get("folds"), list):  # --config folds=[0,1] gives strings
+        config["folds"] = [int(f) if isinstance(f, str) and f.isdigit() else f for f in config["folds"]]
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))
+    if error is None:
+        return
+    where = "config" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
+    if error.validator == "additionalProperties":
+        unknown = ", ".join(repr(key) for key in sorted(set(error.instance) - set(error.schema["properties"])))
+        raise InputError(where, f"unknown key {unknown} (known keys: {', '.join(error.schema['properties'])})")
+    raise InputError(where, error.message)
+
+
+check_config(Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
 validate(config, "../schemas/config.schema.yaml")
 
 DATASET = config["dataset"]["name"]
-METHODS_DIR = Path(config.get("methods_dir", "methods"))
+METHODS_DIR = Path(config["methods_dir"])
+PROTOCOL = config["protocol_version"]
 
 
 def dataset_dir():
@@ -22,8 +48,8 @@ def dataset_dir():
 
 def synth_args():
     synth = config["dataset"]["synth"]
-    args = f"--kind {synth['kind']} --cases {synth['cases']} --seed {synth.get('seed', 0)}"
-    args += f" --folds {synth.get('folds', 5)}"
+    args = f"--kind {synth['kind']} --cases {synth['cases']} --seed {synth['seed']}"
+    args += f" --folds {synth['folds']}"
     if synth.get("shape"):
         args += " --shape " + " ".join(str(s) for s in synth["shape"])
     return args
@@ -34,21 +60,30 @@ def import_args():
     return " ".join([spec["importer"], *(str(a) for a in spec.get("args", []))])
 
 
+@cache
 def all_method_ids():
-    ids = list(config["methods"])
-    for stem in config.get("ablations", []):
+    """The rows, in table order: methods, extra_methods (a user file's own), then the ablations."""
+    ids = list(dict.fromkeys(config["methods"] + config["extra_methods"]))
+    for stem in config["ablations"]:
         ids += method_ids(METHODS_DIR / f"{stem}.yaml")
     return ids
 
 
+@cache
 def card_of(method):
     path, variant, head = card_path_for_id(METHODS_DIR, method)
     return load_card(path, variant=variant, head=head)
 
 
+@cache
+def model_id(method):
+    """The model folder a row reads: heads of a variant share one, and a variant whose settings
+    equal its base card's reads the base card's model (identical settings never train twice)."""
+    return trained_as(METHODS_DIR, method, config["train"], PROTOCOL)
+
+
 def model_of(wildcards):
-    """The trained model a row predicts with: every head of a variant reads the same one."""
-    return f"results/models/{wildcards.dataset}/{training_id(wildcards.method)}/fold{wildcards.fold}/model.pt"
+    return f"results/models/{wildcards.dataset}/{model_id(wildcards.method)}/fold{wildcards.fold}/model.pt"
 
 
 def predict_overrides(wildcards):
@@ -59,31 +94,46 @@ def predict_overrides(wildcards):
     return " ".join(f"--set '{key}={value}'" for key, value in head_overrides(path)[head][1].items())
 
 
+def dataset_folds():
+    """(number of folds, where that number comes from), or (None, why not) before an import."""
+    source = config["dataset"]["source"]
+    if source == "synth":
+        return config["dataset"]["synth"]["folds"], "dataset.synth.folds"
+    folder = Path(config["dataset"]["path"]) if source == "path" else Path(dataset_dir())
+    if source == "path" and not (folder / "dataset.json").is_file():
+        raise InputError("config.dataset.path", f"{folder} holds no dataset.json; give the folder that "
+                                                "`cmfnet import` wrote")
+    if not (folder / "dataset.json").is_file():
+        return None, f"{folder / 'dataset.json'} does not exist yet"
+    return len(Dataset(folder).splits), str(folder / "dataset.json")
+
+
+@cache
 def folds():
-    """Fold indices from config (all: every fold the dataset's splits define, known after synth)."""
-    chosen = config.get("folds", "all")
-    if chosen != "all":
-        return list(chosen)
-    if config["dataset"]["source"] == "synth":
-        return list(range(config["dataset"]["synth"].get("folds", 5)))
-    if config["dataset"]["source"] == "path":
-        return list(range(len(Dataset(config["dataset"]["path"]).splits)))
-    raise ValueError("folds: all needs the dataset first; with source: import list the folds, e.g. folds: [0, 1]")
+    """The configured folds, checked against the dataset's splits before any job runs."""
+    chosen = config["folds"]
+    count, source = dataset_folds()
+    if chosen == "all":
+        if count is None:
+            raise InputError("config.folds", f"'all' needs the dataset's splits, but {source}; "
+                                             "list the folds (e.g. folds: [0, 1]) or run the import first")
+        return list(range(count))
+    outside = [fold for fold in chosen if count is not None and fold >= count]
+    if outside:
+        raise InputError("config.folds", f"fold {outside[0]} does not exist: {source} gives {count} "
+                                         f"folds, 0 to {count - 1}")
+    return list(chosen)
 
 
 def scribble_flag(variant):
     return f"{dataset_dir()}/scribblesTr/{variant}/coverage.json"
 
 
-def scribble_variants():
-    """Variants the configured methods train on; 'given' ships with the data and is never generated."""
-    variants = {card_of(m).scribble_variant for m in all_method_ids() if card_of(m).supervision == "scribble"}
-    return sorted(variants - {"given"})
-
-
 def train_inputs(wildcards):
+    """The data, and the plugin's own code: editing baselines/<m>.py retrains method m only."""
     card = card_of(wildcards.method)
-    inputs = {"dataset": f"{dataset_dir()}/dataset.json", "card": str(card.path)}
+    inputs = {"dataset": f"{dataset_dir()}/dataset.json",
+              "plugin": [workdir_relative(file) for file in plugin_sources(card)]}
     if card.supervision == "scribble" and card.scribble_variant != "given":
         inputs["scribbles"] = scribble_flag(card.scribble_variant)
     return inputs
@@ -98,15 +148,20 @@ def train_config_json(wildcards):
     return json.dumps(config["train"], sort_keys=True)
 
 
-def config_hash():
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+def training_hash(wildcards):
+    """The resolved card (base card included), training block and protocol version, as a hash:
+    a param of train, so a change to any of them retrains, and a comment in a card does not."""
+    return digest(training_settings(card_of(wildcards.method), config["train"], PROTOCOL))
 
 
 def evaluate_tags(wildcards):
     card = card_of(wildcards.method)
+    provenance = row_hash(card, config["train"], PROTOCOL, dataset=config["dataset"], fold=wildcards.fold,
+                          scribble_seed=config["scribbles"]["seed"], predict=config["predict"])
     tags = {"dataset": DATASET, "method": wildcards.method, "method_name": card.name,
-            "table": card.table or "table1", "data": "masks" if card.supervision == "mask" else "scribbles",
-            "fold": wildcards.fold, "seed": config["train"].get("seed", 0), "config": config_hash()}
+            "table": table_of(wildcards.method), "data": "masks" if card.supervision == "mask" else "scribbles",
+            "fold": wildcards.fold, "seed": resolve_train_config(card, config["train"]).seed,
+            "config": provenance}
     return " ".join(f"--tag '{k}={v}'" for k, v in tags.items())
 
 
@@ -119,5 +174,26 @@ def metrics_files(wildcards=None):
                   method=all_method_ids(), fold=folds())
 
 
+def table_of(method):
+    return card_of(method).table or "table1"
+
+
+def table_names():
+    """Every table the configured rows fill (table1, and each table a card or variant file names)."""
+    return sorted({table_of(m) for m in all_method_ids()})
+
+
+def table_outputs():
+    """Every file `cmfnet tables` writes for this config: a declared output and a target each."""
+    tables = table_names()
+    files = expand("results/tables/{table}.{ext}", table=tables, ext=["csv", "md"])
+    return files + expand("results/figures/{table}.png", table=[t for t in tables if t.startswith("fig")])
+
+
+def tables_code():
+    """cmfnet/tables.py is an input of the tables: editing it rebuilds them and nothing else."""
+    return workdir_relative(Path(importlib.util.find_spec("cmfnet.tables").origin))
+
+
 def final_outputs():
-    return ["results/tables/table1.csv", "results/tables/table1.md"]
+    return table_outputs() + ["results/tables/provenance.json"]

@@ -67,7 +67,7 @@ rule scribble:
     log:
         "logs/scribble/{dataset}/{variant}.log",
     params:
-        seed=config.get("scribbles", {}).get("seed", 0),
+        seed=config["scribbles"]["seed"],
     threads: 1
     resources:
         mem_mb=4000,

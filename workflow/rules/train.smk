@@ -1,5 +1,7 @@
 # Train each method on each fold, then segment that fold's test cases.
 # Only model.pt is a declared output: the resume checkpoint last.pt must survive a failed job.
+# A training reruns when its plugin's source (an input) or its resolved card, training block or
+# protocol version (the `settings` param) changes; never for a comment, a table or a README edit.
 
 
 rule train:
@@ -14,7 +16,8 @@ rule train:
     params:
         card=card_args,
         train=train_config_json,
-        device=config.get("device", "auto"),
+        settings=training_hash,
+        device=config["device"],
     # one thread per training: on CPU, parallel jobs use cores better than intra-op threads on
     # small 3D patches (raise it with --set-threads train=N)
     threads: 1
@@ -39,8 +42,8 @@ rule predict:
     log:
         "logs/predict/{dataset}/{method}/fold{fold}.log",
     params:
-        overlap=config.get("predict", {}).get("overlap", 0.5),
-        device=config.get("device", "auto"),
+        overlap=config["predict"]["overlap"],
+        device=config["device"],
         head=predict_overrides,
     threads: 2
     resources:

@@ -1,0 +1,305 @@
+"""The Snakemake workflow plans exactly what a change implies, read from Snakemake's own dry runs.
+
+Every test works in a copy of the repository (Snakefile, profiles, workflow, config, cards and
+the Python sources, imported from the copy through PYTHONPATH) so it may edit code and cards.
+One real smoke run (one fold, FullySup and pCE) is built once per module, and once more with a
+toy method and its sweep. Their trainings run for real: a job that `snakemake --touch` marks done
+records no params, so a later change of settings would go unseen; the cheap jobs after them are
+marked done with `--touch`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import yaml
+from snakemake.utils import update_config
+
+from cmfnet.engine import TrainConfig, resolve_train_config
+from cmfnet.method import load_card
+from cmfnet.provenance import plugin_sources, trained_as
+from test_pipeline import TOY_PLUGIN  # the toy of the one-module-plus-one-card test
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+CMFNET = Path(sys.executable).with_name("cmfnet")
+COPIED = ("Snakefile", "profiles", "workflow", "config", "methods", "cmfnet", "baselines")
+SMOKE = ("--configfile", "config/smoke.yaml")
+
+pytestmark = pytest.mark.slow
+
+TOY_CARD = "name: Toy\nplugin: toy_method.py\nsupervision: scribble\nscribble_variant: sim\n" \
+           "network: {arch: vnet, width: 4}\nparams: {weight: 0.05}\n"
+# a sweep of the toy card: `same` resolves to the base card's settings, `w02` does not
+TOY_SWEEP = "extends: toy.yaml\ntable: fig_toy\nvariants:\n" \
+            "  w02: {name: 'weight=0.2', set: {params.weight: 0.2}}\n" \
+            "  same: {name: 'weight=0.05', set: {params.weight: 0.05}}\n"
+WITH_TOY = ("--config", "methods=[fullysup,pce,toy]", "ablations=[toy_sweep]")
+
+
+def repo_copy(root: Path) -> Path:
+    root.mkdir(parents=True)
+    for name in COPIED:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, root / name)
+    for name, text in {"toy_method.py": TOY_PLUGIN, "toy.yaml": TOY_CARD, "toy_sweep.yaml": TOY_SWEEP}.items():
+        (root / "methods" / name).write_text(text)
+    return root
+
+
+def snakemake(work: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    """Run Snakemake as the README does (from the working directory, default profile applied),
+    importing cmfnet and baselines from the copy."""
+    env = {**os.environ, "PYTHONPATH": str(work),
+           "PATH": f"{SNAKEMAKE.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return subprocess.run([str(SNAKEMAKE), *args], cwd=work, capture_output=True, text=True, env=env,
+                          timeout=timeout)
+
+
+def dry_run(work: Path, *args: str) -> str:
+    result = snakemake(work, "-n", "--cores", "2", *args)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def jobs_of(text: str) -> dict[str, list[list[str]]]:
+    """Rule name -> the outputs of each job a dry run's text plans."""
+    jobs: dict[str, list[list[str]]] = {}
+    for block in re.split(r"\n(?=(?:local)?rule \w+:\n)", text):
+        match = re.match(r"(?:local)?rule (\w+):\n", block)
+        if match:
+            output = re.search(r"^    output: (.+)$", block, re.MULTILINE)
+            jobs.setdefault(match.group(1), []).append(output.group(1).split(", ") if output else [])
+    return jobs
+
+
+def planned(work: Path, *args: str) -> dict[str, list[list[str]]]:
+    return jobs_of(dry_run(work, *args))
+
+
+def rows(jobs: dict[str, list[list[str]]], rule: str) -> set[str]:
+    """The method ids of a rule's planned jobs (results/<kind>/<dataset>/<method>/...)."""
+    return {outputs[0].split("/")[3] for outputs in jobs.get(rule, [])}
+
+
+def run_to_the_end(work: Path, *args: str) -> None:
+    result = snakemake(work, "--cores", "2", *args)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert planned(work, *args) == {}
+
+
+def finish_by_touch(work: Path, *args: str) -> None:
+    """Mark the planned jobs done without running them: placeholder outputs, then `--touch`."""
+    for rule, jobs in planned(work, *args).items():
+        for path in (work / output for outputs in jobs for output in outputs):
+            if rule == "predict":
+                path.mkdir(parents=True, exist_ok=True)
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text("placeholder\n")
+    result = snakemake(work, "--touch", "--cores", "1", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert planned(work, *args) == {}
+
+
+def edit(path: Path, text: str = "\n# edited by a test\n") -> None:
+    path.write_text(path.read_text() + text)
+
+
+def trained(jobs: dict[str, list[list[str]]]) -> set[str]:
+    return rows(jobs, "train")
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished smoke run (FullySup and pCE, fold 0), trained for real once per module."""
+    work = repo_copy(tmp_path_factory.mktemp("finished") / "repo")
+    run_to_the_end(work, *SMOKE)
+    return work
+
+
+@pytest.fixture(scope="module")
+def finished_with_toy(finished: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The smoke run plus the toy method and its sweep: the two trainings for real (`same` reuses
+    toy's model), their predictions, metrics and tables marked done by `--touch`."""
+    work = tmp_path_factory.mktemp("with_toy") / "repo"
+    shutil.copytree(finished, work, symlinks=True)
+    result = snakemake(work, "--cores", "2", "--until", "train", *SMOKE, *WITH_TOY)
+    assert result.returncode == 0, result.stderr[-4000:]
+    finish_by_touch(work, *SMOKE, *WITH_TOY)
+    return work
+
+
+def copy_of(source: Path, tmp_path: Path) -> Path:
+    work = tmp_path / "repo"
+    shutil.copytree(source, work, symlinks=True)
+    return work
+
+
+# -- issue 9: the profile, the schema, the folds ----------------------------------------------------
+
+def test_readme_commands_apply_the_workflow_profiles(tmp_path: Path) -> None:
+    work = repo_copy(tmp_path / "repo")
+    result = snakemake(work, "-n", "--cores", "2", *SMOKE)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Using workflow specific profile profiles/default" in result.stderr
+    assert "Shell command: cmfnet synth" in result.stdout  # printshellcmds, set by that profile
+    # the cluster profile is found where the README says (its executor plugin is not installed here)
+    cluster = snakemake(work, "-n", "--workflow-profile", "profiles/slurm", *SMOKE)
+    assert "Using workflow specific profile profiles/slurm" in cluster.stderr
+    assert (REPO / "profiles" / "slurm" / "config.yaml").is_file()
+
+
+@pytest.mark.parametrize("typo", ["methds: [pce]", "dataset: {synth: {foldz: 2}}"])
+def test_a_config_typo_is_refused_at_parse_time(tmp_path: Path, typo: str) -> None:
+    work = repo_copy(tmp_path / "repo")
+    (work / "config" / "typo.yaml").write_text(typo + "\n")
+    result = snakemake(work, "-n", "--cores", "1", "--configfile", "config/smoke.yaml", "config/typo.yaml")
+    assert result.returncode != 0
+    where, wrong = {"methds": ("config", "methds"), "dataset": ("config.dataset.synth", "foldz")}[typo.split(":")[0]]
+    assert f"{where}: unknown key '{wrong}' (known keys: " in result.stdout + result.stderr
+    assert not (work / "results").exists()
+
+
+def test_folds_outside_the_splits_are_refused_when_the_dag_is_built(finished: Path, tmp_path: Path) -> None:
+    work = repo_copy(tmp_path / "repo")
+    synth = snakemake(work, "-n", "--cores", "1", *SMOKE, "--config", "folds=[0,7]")
+    assert synth.returncode != 0
+    assert "config.folds: fold 7 does not exist: dataset.synth.folds gives 3 folds, 0 to 2" in synth.stdout + synth.stderr
+    assert not (work / "results").exists()
+    # a dataset folder: checked against its dataset.json
+    dataset = finished / "results" / "data" / "smoke-npc"
+    (work / "config" / "mine.yaml").write_text(
+        yaml.safe_dump({"dataset": {"name": "mine", "source": "path", "path": str(dataset)}, "folds": [0, 7]}))
+    path = snakemake(work, "-n", "--cores", "1", "--configfile", "config/smoke.yaml", "config/mine.yaml")
+    assert path.returncode != 0
+    assert f"fold 7 does not exist: {dataset / 'dataset.json'} gives 3 folds" in path.stdout + path.stderr
+
+
+# -- issue 15: a change reruns exactly what depends on it --------------------------------------------
+
+def test_adding_a_method_to_a_finished_run_plans_only_that_method_and_the_tables(
+        finished: Path, tmp_path: Path) -> None:
+    work = copy_of(finished, tmp_path)
+    jobs = planned(work, *SMOKE, "--config", "methods=[fullysup,pce,toy]")
+    assert set(jobs) == {"train", "predict", "evaluate", "tables", "all"}
+    for rule in ("train", "predict", "evaluate"):
+        assert len(jobs[rule]) == 1 and rows(jobs, rule) == {"toy"}, jobs
+
+
+def test_a_user_config_file_adds_its_rows_to_a_preset(finished: Path, tmp_path: Path) -> None:
+    work = copy_of(finished, tmp_path)
+    mine = yaml.safe_load((work / "config" / "my-method.example.yaml").read_text())
+    mine["extra_methods"] = ["toy", "toy_sweep.w02"]
+    (work / "config" / "my-method.yaml").write_text(yaml.safe_dump(mine))
+    text = dry_run(work, "--configfile", "config/smoke.yaml", "config/my-method.yaml")
+    jobs = jobs_of(text)
+    assert trained(jobs) == rows(jobs, "evaluate") == {"toy", "toy_sweep.w02"}
+    assert "--order fullysup,pce,toy,toy_sweep.w02" in text  # the preset's rows, then the user's
+
+
+@pytest.mark.parametrize(("source", "method"), [("methods/toy_method.py", "toy"), ("baselines/pce.py", "pce")])
+def test_editing_a_plugin_retrains_only_its_method(finished_with_toy: Path, tmp_path: Path,
+                                                   source: str, method: str) -> None:
+    work = copy_of(finished_with_toy, tmp_path)
+    edit(work / source)
+    jobs = planned(work, *SMOKE, *WITH_TOY)
+    expected = {"toy", "toy_sweep.w02"} if method == "toy" else {"pce"}  # the sweep runs the toy plugin
+    assert trained(jobs) == expected
+    assert set(jobs) == {"train", "predict", "evaluate", "tables", "all"}
+
+
+def test_editing_a_base_card_retrains_its_variants(finished_with_toy: Path, tmp_path: Path) -> None:
+    work = copy_of(finished_with_toy, tmp_path)
+    edit(work / "methods" / "toy.yaml", "# a comment is not a setting\n")
+    assert planned(work, *SMOKE, *WITH_TOY) == {}
+    card = work / "methods" / "toy.yaml"
+    card.write_text(card.read_text().replace("width: 4", "width: 8"))
+    jobs = planned(work, *SMOKE, *WITH_TOY)
+    assert trained(jobs) == {"toy", "toy_sweep.w02"}  # toy_sweep.same reads toy's model
+    assert rows(jobs, "predict") == {"toy", "toy_sweep.w02", "toy_sweep.same"}
+
+
+def test_identical_settings_train_once(finished: Path, tmp_path: Path) -> None:
+    work = copy_of(finished, tmp_path)
+    text = dry_run(work, *SMOKE, *WITH_TOY)
+    assert trained(jobs_of(text)) == {"toy", "toy_sweep.w02"}
+    same = re.search(r"input: (\S+), \S+\n    output: results/predictions/smoke-npc/toy_sweep.same/", text)
+    assert same and same.group(1) == "results/models/smoke-npc/toy/fold0/model.pt"
+
+
+def test_deleting_a_sweep_table_plans_its_rebuild(finished_with_toy: Path, tmp_path: Path) -> None:
+    work = copy_of(finished_with_toy, tmp_path)
+    for output in ("results/tables/fig_toy.md", "results/figures/fig_toy.png"):
+        (work / output).unlink()
+    jobs = planned(work, "results/tables/fig_toy.md", *SMOKE, *WITH_TOY)  # a target of its own
+    assert list(jobs) == ["tables"] and "results/figures/fig_toy.png" in jobs["tables"][0]
+    assert set(planned(work, *SMOKE, *WITH_TOY)) == {"tables", "all"}  # and part of a full run
+
+
+def test_the_readme_table_recipe_rebuilds_only_the_tables(finished: Path, tmp_path: Path) -> None:
+    work = copy_of(finished, tmp_path)
+    edit(work / "cmfnet" / "tables.py")
+    assert set(planned(work, "results/tables/table1.md", *SMOKE)) == {"tables"}
+    # and the recipe that rebuilds them without a change
+    fresh = copy_of(finished, tmp_path / "again")
+    assert set(planned(fresh, "--forcerun", "tables", *SMOKE)) == {"tables", "all"}
+
+
+def test_bumping_the_protocol_version_retrains_every_method(finished: Path, tmp_path: Path) -> None:
+    work = copy_of(finished, tmp_path)
+    assert trained(planned(work, *SMOKE, "--config", "protocol_version=2")) == {"fullysup", "pce"}
+
+
+def test_a_by_hand_run_with_the_preset_file_trains_with_the_pipelines_block(finished: Path) -> None:
+    """docs/adding-a-method.md: `cmfnet train ... --train-config config/smoke.yaml` matches the pipeline."""
+    preset: dict = {}
+    for name in ("config.yaml", "smoke.yaml"):  # how Snakemake merges the pipeline's config
+        update_config(preset, yaml.safe_load((REPO / "config" / name).read_text()))
+    card = load_card(REPO / "methods" / "pce.yaml")
+    by_hand = resolve_train_config(card, yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())["train"])
+    recorded = json.loads((finished / "results" / "models" / "smoke-npc" / "pce" / "fold0" / "meta.json").read_text())
+    assert asdict(by_hand) == recorded["train"] == asdict(resolve_train_config(card, preset["train"]))
+    assert asdict(by_hand) != asdict(TrainConfig())  # without --train-config: the engine's own block
+
+
+def test_tables_names_the_folder_it_searched(tmp_path: Path) -> None:
+    (tmp_path / "metrics").mkdir()
+    result = subprocess.run([str(CMFNET), "tables", "--results", str(tmp_path), "--out", str(tmp_path / "t")],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    assert f"{tmp_path / 'metrics'}: no per-case metric CSVs found" in result.stderr
+
+
+def test_lint_is_clean(tmp_path: Path) -> None:
+    work = repo_copy(tmp_path / "repo")
+    result = snakemake(work, "--lint")
+    assert result.returncode == 0, result.stdout[-3000:]
+
+
+@pytest.mark.parametrize(("row", "model"), [
+    ("fig6_alpha.alpha0p8", "cmfnet"), ("fig6_lambda.lambda0p2", "cmfnet"), ("table7.ssl_imr_imc", "cmfnet"),
+    ("table6.mfl_cfe_cff", "cmfnet"), ("table6.mfl", "table6.mfl"), ("table5.ct3_mr4@mr", "table5.ct3_mr4")])
+def test_the_repos_sweep_points_equal_to_cmfnet_read_its_model(row: str, model: str) -> None:
+    preset = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["train"]
+    assert trained_as(REPO / "methods", row, preset, protocol_version=1) == model
+
+
+def test_a_baseline_trains_from_its_module_and_the_baseline_helpers_it_imports() -> None:
+    def sources(card: str) -> list[str]:
+        return [str(path.relative_to(REPO)) for path in plugin_sources(load_card(REPO / "methods" / card))]
+
+    assert sources("em.yaml") == ["baselines/em.py", "baselines/regularizers.py"]
+    assert sources("pce.yaml") == ["baselines/pce.py"]
+    assert sources("cmfnet.yaml") == ["cmfnet/hybrid.py"]  # the rest of cmfnet/ is the shared protocol
