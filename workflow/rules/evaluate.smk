@@ -21,7 +21,7 @@ rule evaluate:
         "../envs/cmfnet.yaml"
     shell:
         "cmfnet evaluate --pred {input.predictions} --dataset results/data/{wildcards.dataset} "
-        "--out {output} {params.tags} > {log} 2>&1"
+        "--fold {wildcards.fold} --out {output} {params.tags} > {log} 2>&1"
 
 
 rule tables:
