@@ -42,7 +42,7 @@ from threadpoolctl import threadpool_limits
 from cmfnet import __version__
 from cmfnet.errors import InputError
 from cmfnet.io import Geometry, atomic_dir, counted, make_dataset_json, recover_leftovers, write_image, write_json
-from cmfnet.splits import check_splits, fixed_split, kfold_splits
+from cmfnet.splits import synth_splits
 
 Shape = tuple[int, int, int]
 Spacing = tuple[float, float, float]
@@ -52,7 +52,6 @@ GENERATOR = "cmfnet synth"
 MIN_SHAPE = (8, 32, 32)
 CT_SOFT_TISSUE_WINDOW = [-160, 240]  # level 40, width 400 HU: keeps the few-HU tumour contrast
 MR_NORMALIZATION = {"scheme": "zscore", "clip_percentiles": [0.5, 99.5]}
-WORD_PROPORTIONS = (100, 20, 30)  # train / val / test, WORD's official split
 
 
 def _single_threaded_blas(generator: CaseGenerator) -> CaseGenerator:
@@ -555,33 +554,6 @@ def _kind(kind: str) -> _Kind:
     return KINDS[kind]
 
 
-def _word_sizes(n_cases: int) -> tuple[int, int, int]:
-    """WORD's 100/20/30 train/val/test proportions scaled to n_cases, each part non-empty."""
-    total = sum(WORD_PROPORTIONS)
-    n_val = max(1, math.floor(n_cases * WORD_PROPORTIONS[1] / total + 0.5))
-    n_test = max(1, math.floor(n_cases * WORD_PROPORTIONS[2] / total + 0.5))
-    return n_cases - n_val - n_test, n_val, n_test
-
-
-def splits_for(kind: str, cases: list[str], folds: int = 5) -> list[dict[str, list[str]]]:
-    """The kind's evaluation protocol: k-fold cross-validation (npc) or WORD's fixed split (word)."""
-    if kind == "word":
-        if len(cases) < 3:
-            raise InputError("--cases", f"word needs at least 3 cases (train/val/test), got {len(cases)}")
-        splits = fixed_split(cases, *_word_sizes(len(cases)))
-    else:
-        if folds < 2:
-            raise InputError("--folds", f"cross-validation needs at least 2 folds, got {folds}")
-        if len(cases) < folds + 1:
-            raise InputError("--cases", f"{folds}-fold cross-validation with validation cases needs "
-                                        f"at least {folds + 1} cases, got {len(cases)}")
-        splits = kfold_splits(cases, folds=folds)
-    problems = check_splits(cases, splits)
-    if problems:
-        raise InputError("--cases", f"cannot split {counted(len(cases), 'case')}: {problems[0]}")
-    return splits
-
-
 MARKER = ".cmfnet-synth"
 
 
@@ -620,7 +592,7 @@ def synthesize(kind: str, n_cases: int, out: Path, seed: int = 0,
     spacing = spacing_for(kind, shape)
     width = max(3, len(str(n_cases - 1)))
     cases = [f"{kind}_{i:0{width}d}" for i in range(n_cases)]
-    splits = splits_for(kind, cases, folds)
+    splits = synth_splits(kind, cases, folds)
     geometry = Geometry.default(shape, spacing)
     normalization = {"CT": {"scheme": "ct", "window": list(CT_SOFT_TISSUE_WINDOW)}}
     if "MR" in spec.channels:

@@ -30,9 +30,8 @@ import numpy as np
 from cmfnet.errors import InputError
 from cmfnet.io import (CASE_ID, FILE_ENDING, IGNORE, Geometry, counted, dataset_json_problems,
                        leftover_partials, read_image, read_json)
-from cmfnet.splits import check_splits
+from cmfnet.splits import VAL_FROM_TRAIN, check_splits
 
-VAL_FROM_TRAIN = "val_from_train"
 SCRIBBLE_REPORT = "coverage.json"  # what `cmfnet scribble` writes next to a variant's scribbles
 
 def read_volume(path: Path, what: str) -> tuple[np.ndarray, Geometry]:

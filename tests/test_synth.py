@@ -16,7 +16,7 @@ from cmfnet import synth
 from cmfnet.cli import main
 from cmfnet.errors import InputError
 from cmfnet.io import Dataset
-from cmfnet.splits import check_splits
+from cmfnet.splits import check_splits, synth_splits
 
 NPC_SHAPE = (12, 48, 48)
 WORD_SHAPE = (16, 48, 48)
@@ -117,7 +117,7 @@ def test_word_dataset_loads_with_one_channel_and_seven_organs(word_root: Path) -
 @pytest.mark.parametrize("n_cases", [3, 4, 7, 10, 20, 33, 75, 150, 151, 300])
 def test_word_split_keeps_the_100_20_30_proportions(n_cases: int) -> None:
     cases = [f"word_{i:03d}" for i in range(n_cases)]
-    split = synth.splits_for("word", cases)
+    split = synth_splits("word", cases)
     sizes = [len(split[0][p]) for p in ("train", "val", "test")]
     assert len(split) == 1 and check_splits(cases, split) == []
     assert sum(sizes) == n_cases and min(sizes) >= 1
@@ -129,7 +129,7 @@ def test_word_split_keeps_the_100_20_30_proportions(n_cases: int) -> None:
 
 def test_npc_splits_are_cross_validation() -> None:
     cases = [f"npc_{i:03d}" for i in range(20)]
-    splits = synth.splits_for("npc", cases, folds=5)
+    splits = synth_splits("npc", cases, folds=5)
     assert len(splits) == 5 and check_splits(cases, splits) == []
 
 
