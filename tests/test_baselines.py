@@ -25,7 +25,8 @@ from baselines.s2l import crop_grid, downsample
 from baselines.ustm import masked_consistency, teacher_statistics, uncertainty_threshold
 from cmfnet.errors import InputError
 from cmfnet.io import IGNORE
-from cmfnet.method import Batch, Method, StepInfo, load_card, load_method
+from cmfnet.cards import load_card
+from cmfnet.method import Batch, Method, StepInfo, load_method
 
 METHODS = Path(__file__).resolve().parents[1] / "methods"
 TABLE_NAMES = {"pce": "pCE", "fullysup": "FullySup", "em": "EM", "tv": "TV", "ms": "MS",
@@ -104,7 +105,7 @@ def test_cards_follow_the_common_protocol(stem: str) -> None:
     assert card.name == TABLE_NAMES[stem]
     assert method.name == stem
     assert card.network == REFERENCE_VNET
-    assert card.fusion == "input"
+    assert card.channels is None, "input-level fusion: CT and MR stacked as channels"
     assert card.train == {}, "baselines train with the preset's block"
     assert card.supervision == ("mask" if stem == "fullysup" else "scribble")
     assert set(card.params) <= set(method.defaults)

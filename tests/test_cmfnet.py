@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from cmfnet.errors import InputError
-from cmfnet.method import Batch, StepInfo, card_path_for_id, load_card, load_method, method_ids
+from cmfnet.cards import card_path_for_id, load_card, method_ids
+from cmfnet.method import Batch, StepInfo, load_method
 from cmfnet.networks import build_network, count_parameters
 from cmfnet.networks.cmfnet import CmFNet
 
@@ -289,7 +290,7 @@ def test_switching_every_term_off_is_refused() -> None:
 # -- cards ---------------------------------------------------------------------------------------
 def test_cmfnet_cards_share_the_base_network_params_and_training_block() -> None:
     base = load_card(METHODS / "cmfnet.yaml")
-    assert (base.name, base.fusion, base.scribble_variant, base.train) == ("CmFNet", "cross-modal", "sim", {})
+    assert (base.name, base.network["arch"], base.scribble_variant, base.train) == ("CmFNet", "cmfnet", "sim", {})
     assert base.network["dropout"] == 0.5 and (base.network["ct_convs"], base.network["mr_convs"]) == (3, 4)
     for card, differs in (("cmfnet_autobg.yaml", {"scribble_variant": "autobg", "name": "CmFNet (AutoBG)"}),
                           ("cmfnet_fullmask.yaml", {"supervision": "mask"})):

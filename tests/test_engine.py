@@ -13,7 +13,7 @@ from cmfnet.engine import PatchSampler, TrainConfig, TrainedModel, Trainer, Trai
 from cmfnet.errors import InputError
 from cmfnet.io import IGNORE, Dataset, Geometry
 from cmfnet.losses import partial_ce
-from cmfnet.method import load_card
+from cmfnet.cards import load_card
 
 FAST = {"iterations": 8, "batch_size": 1, "patch_size": [16, 32, 32], "val_interval": 4,
         "checkpoint_interval": 4, "log_interval": 4}

@@ -24,7 +24,7 @@ import yaml
 from snakemake.utils import update_config
 
 from cmfnet.engine import TrainConfig, resolve_train_config
-from cmfnet.method import load_card
+from cmfnet.cards import load_card
 from cmfnet.provenance import plugin_sources, trained_as
 from test_pipeline import TOY_PLUGIN  # the toy of the one-module-plus-one-card test
 
