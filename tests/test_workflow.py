@@ -257,6 +257,26 @@ def test_the_readme_table_recipe_rebuilds_only_the_tables(finished: Path, tmp_pa
     assert set(planned(fresh, "--forcerun", "tables", *SMOKE)) == {"tables", "all"}
 
 
+def test_a_preset_network_block_changes_every_card_and_retrains_every_method(finished: Path,
+                                                                             tmp_path: Path) -> None:
+    """`network:` in a config applies to every card: each train job gets it as --set, and it is a
+    training setting (the smoke run's models retrain)."""
+    work = copy_of(finished, tmp_path)
+    (work / "config" / "narrow.yaml").write_text("network: {width: 4, norm: instance}\n")
+    text = dry_run(work, "--configfile", "config/smoke.yaml", "config/narrow.yaml")
+    assert trained(jobs_of(text)) == {"fullysup", "pce"}
+    assert text.count("--set 'network.norm=\"instance\"' --set 'network.width=4'") == 2
+
+
+def test_gpu_resources_come_from_the_config_not_the_planning_host(tmp_path: Path) -> None:
+    work = repo_copy(tmp_path / "repo")
+    common = (work / "workflow" / "rules" / "common.smk").read_text()
+    assert "torch" not in common
+    for extra, gpus in ((), "0"), (("device=cuda",), "1"), (("device=cuda", "gpus=2"), "2"):
+        text = dry_run(work, *SMOKE, *(("--config", *extra) if extra else ()), "--until", "train")
+        assert re.search(rf"rule train:(.|\n)*?resources: .*gpu={gpus}", text), text[-2000:]
+
+
 def test_bumping_the_protocol_version_retrains_every_method(finished: Path, tmp_path: Path) -> None:
     work = copy_of(finished, tmp_path)
     assert trained(planned(work, *SMOKE, "--config", "protocol_version=2")) == {"fullysup", "pce"}
