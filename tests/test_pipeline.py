@@ -64,7 +64,7 @@ def test_smoke_pipeline_writes_table1(tmp_path: Path) -> None:
     assert table["dsc_mean"].between(0, 100).all() and (table["asd_mean"] >= 0).all()
     metrics = pd.read_csv(work / "results" / "metrics" / "smoke-npc" / "pce" / "fold0.csv")
     assert {"case", "class", "dsc", "asd", "assd", "hd95", "empty", "seed", "config",
-            "cmfnet_version", "medpy_version"} <= set(metrics.columns)
+            "cmfnet_version"} <= set(metrics.columns) and "medpy_version" not in metrics
     assert "FullySup" in (work / "results" / "tables" / "table1.md").read_text()
     # a second run has nothing to do: outputs are complete and up to date
     again = run_snakemake(work, "--dry-run", "--quiet")
