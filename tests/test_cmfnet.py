@@ -381,10 +381,11 @@ def test_sweeps_set_both_weights_together() -> None:
 def test_ablation_rows_switch_the_right_modules_and_terms() -> None:
     rows = {v: load_card(METHODS / "table6.yaml", variant=v).network for v in ("mfl", "mfl_cfe", "mfl_cfe_cff")}
     assert [(n["cfe"], n["cff"]) for n in rows.values()] == [(False, False), (True, False), (True, True)]
-    terms = {v: load_card(METHODS / "table7.yaml", variant=v).params
+    terms = {v: load_method(load_card(METHODS / "table7.yaml", variant=v)).params  # over the defaults
              for v in ("ssl", "ssl_imr", "ssl_imc", "ssl_imr_imc")}
     assert [(p["use_ssl"], p["use_imr"], p["use_imc"]) for p in terms.values()] == \
         [(True, False, False), (True, True, False), (True, False, True), (True, True, True)]
     grid = load_card(METHODS / "table5.yaml", variant="ct6_mr4", head="mr")
     assert (grid.network["ct_convs"], grid.network["mr_convs"], grid.network["cfe"]) == (6, 4, False)
-    assert (grid.params["output"], grid.params["use_imr"], grid.params["use_imc"]) == ("mr", False, True)
+    params = load_method(grid).params
+    assert (params["output"], params["use_imr"], params["use_imc"]) == ("mr", False, True)
