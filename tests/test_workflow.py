@@ -42,6 +42,8 @@ TOY_CARD = "name: Toy\nplugin: toy_method.py\nsupervision: scribble\nscribble_va
 TOY_SWEEP = "extends: toy.yaml\ntable: fig_toy\nvariants:\n" \
             "  w02: {name: 'weight=0.2', set: {params.weight: 0.2}}\n" \
             "  same: {name: 'weight=0.05', set: {params.weight: 0.05}}\n"
+FAST_TRAIN = {"iterations": 4, "batch_size": 1, "patch_size": [16, 32, 32], "val_interval": 2,
+              "checkpoint_interval": 2, "log_interval": 2}
 WITH_TOY = ("--config", "methods=[fullysup,pce,toy]", "ablations=[toy_sweep]")
 
 
@@ -55,6 +57,10 @@ def repo_copy(root: Path) -> Path:
             shutil.copy2(source, root / name)
     for name, text in {"toy_method.py": TOY_PLUGIN, "toy.yaml": TOY_CARD, "toy_sweep.yaml": TOY_SWEEP}.items():
         (root / "methods" / name).write_text(text)
+    # these tests read plans, not results: the copy's smoke preset trains for seconds, not minutes
+    smoke = yaml.safe_load((root / "config" / "smoke.yaml").read_text())
+    smoke["train"] = FAST_TRAIN
+    (root / "config" / "smoke.yaml").write_text(yaml.safe_dump(smoke, sort_keys=False))
     return root
 
 
@@ -286,9 +292,9 @@ def test_a_by_hand_run_with_the_preset_file_trains_with_the_pipelines_block(fini
     """docs/adding-a-method.md: `cmfnet train ... --train-config config/smoke.yaml` matches the pipeline."""
     preset: dict = {}
     for name in ("config.yaml", "smoke.yaml"):  # how Snakemake merges the pipeline's config
-        update_config(preset, yaml.safe_load((REPO / "config" / name).read_text()))
-    card = load_card(REPO / "methods" / "pce.yaml")
-    by_hand = resolve_train_config(card, yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())["train"])
+        update_config(preset, yaml.safe_load((finished / "config" / name).read_text()))
+    card = load_card(finished / "methods" / "pce.yaml")
+    by_hand = resolve_train_config(card, yaml.safe_load((finished / "config" / "smoke.yaml").read_text())["train"])
     recorded = json.loads((finished / "results" / "models" / "smoke-npc" / "pce" / "fold0" / "meta.json").read_text())
     assert asdict(by_hand) == recorded["train"] == asdict(resolve_train_config(card, preset["train"]))
     assert asdict(by_hand) != asdict(TrainConfig())  # without --train-config: the engine's own block
