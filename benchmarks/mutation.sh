@@ -8,7 +8,7 @@
 # Runs on a copy of the working tree (tracked and untracked, not ignored, files) in a temporary
 # folder, so mutmut's mutants/ never lands in the repository; at low CPU priority; with the
 # default test selection minus the Snakemake tests, which run the installed package in
-# subprocesses and never see a mutant. Prints each mutant's status, the survivors' diffs and
+# subprocesses and never see a mutant. Prints the survivors (names for `mutmut show`) and
 # the score per module (killed + timeout over all mutants that have a test). Not part of the
 # default test run. Environment: JOBS (parallel mutants, default 2), KEEP=1 keeps the copy.
 set -euo pipefail
@@ -57,10 +57,8 @@ nice -n 19 mutmut run --max-children "${JOBS:-2}" > mutmut-run.log 2>&1 || { tai
 elapsed=$(( $(date +%s) - start ))
 
 mutmut results --all true > results.txt
-echo "== survivors"
-grep -E ": (survived|no tests)$" results.txt | while read -r name _; do
-    mutmut show "${name%:}" 2>/dev/null | sed 's/^/    /'
-done
+echo "== survivors (see one with: cd $WORK && mutmut show NAME; KEEP=1 keeps the copy)"
+grep -E ": (survived|no tests)$" results.txt || true
 echo "== score per module (${elapsed} s)"
 python - <<'PY'
 """killed + timeout over mutants with a test, per module, from `mutmut results --all true`."""
