@@ -117,6 +117,9 @@ def test_normalisation_defaults_edge_cases_and_errors() -> None:
                                    rtol=1e-4, atol=1e-5)
     hu = np.array([-2000.0, -160.0, 240.0, 2000.0], np.float32)
     np.testing.assert_allclose(normalize_channel(hu, {"scheme": "ct"}), [0.0, 0.0, 1.0, 1.0])  # default window
+    np.testing.assert_allclose(normalize_channel(np.array([0.0, 40.0], np.float32), {"scheme": "ct"}), [0.4, 0.5])
+    np.testing.assert_allclose(normalize_channel(np.array([-100.0, 0.0, 50.0, 100.0], np.float32),
+                                                 {"scheme": "ct", "window": [0, 100]}), [0.0, 0.0, 0.5, 1.0])
     flat = np.full(50, 1000.0, np.float32) + rng.normal(0, 1e-3, 50).astype(np.float32)
     assert normalize_channel(flat, None).std() == pytest.approx(1.0, rel=1e-3)  # tiny spread: still z-scored
     assert (normalize_channel(np.zeros(8, np.float32), {"mask": "nonzero"}) == 0).all()  # nothing nonzero
