@@ -105,3 +105,30 @@ def test_normalize_image_applies_each_channels_declaration_by_name() -> None:
     out = normalize_image(image, ["CT", "MR"], spec)
     np.testing.assert_array_equal(out[0], normalize_channel(image[0], spec["CT"]))
     np.testing.assert_array_equal(out[1], normalize_channel(image[1], spec["MR"]))
+
+
+def test_normalisation_defaults_edge_cases_and_errors() -> None:
+    """What an empty declaration means, degenerate channels, and one clear error per bad scheme."""
+    rng = np.random.default_rng(1)
+    array = rng.normal(0, 1, 200).astype(np.float32)
+    array[0] = -50.0  # a low outlier: the default percentiles (0, 100) keep it
+    for spec in (None, {}, {"clip_percentiles": [0, 100]}):
+        np.testing.assert_allclose(normalize_channel(array, spec), (array - array.mean()) / array.std(),
+                                   rtol=1e-4, atol=1e-5)
+    hu = np.array([-2000.0, -160.0, 240.0, 2000.0], np.float32)
+    np.testing.assert_allclose(normalize_channel(hu, {"scheme": "ct"}), [0.0, 0.0, 1.0, 1.0])  # default window
+    np.testing.assert_allclose(normalize_channel(np.array([0.0, 40.0], np.float32), {"scheme": "ct"}), [0.4, 0.5])
+    np.testing.assert_allclose(normalize_channel(np.array([-100.0, 0.0, 50.0, 100.0], np.float32),
+                                                 {"scheme": "ct", "window": [0, 100]}), [0.0, 0.0, 0.5, 1.0])
+    flat = np.full(50, 1000.0, np.float32) + rng.normal(0, 1e-3, 50).astype(np.float32)
+    assert normalize_channel(flat, None).std() == pytest.approx(1.0, rel=1e-3)  # tiny spread: still z-scored
+    assert (normalize_channel(np.zeros(8, np.float32), {"mask": "nonzero"}) == 0).all()  # nothing nonzero
+    for spec in ({"scheme": "none"}, {"scheme": "ct"}, None):
+        source = array.copy()
+        out = normalize_channel(source, spec)
+        out += 1.0
+        np.testing.assert_array_equal(source, array)  # a new array: the caller's image is never touched
+    with pytest.raises(ValueError, match="z-score mask 'edges'"):
+        normalize_channel(array, {"mask": "edges"})
+    with pytest.raises(ValueError, match="scheme 'minmax'"):
+        normalize_channel(array, {"scheme": "minmax"})
