@@ -38,7 +38,7 @@ def run_one(method: str, setting: str, iterations: int, dataset: Path, device: s
             threads: int | None, warmup: int) -> dict[str, object]:
     from cmfnet.engine import Trainer, TrainConfig
     from cmfnet.io import Dataset
-    from cmfnet.method import card_path_for_id, load_card
+    from cmfnet.cards import card_path_for_id, load_card
 
     if threads:
         torch.set_num_threads(threads)

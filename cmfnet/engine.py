@@ -168,13 +168,11 @@ def seed_everything(seed: int) -> None:
 
 def versions() -> dict[str, str]:
     """Versions recorded with every model and results row."""
-    import medpy
     import SimpleITK
 
     return {"cmfnet": __version__, "python": platform.python_version(), "torch": str(torch.__version__),
             "cuda": torch.version.cuda or "none", "numpy": np.__version__,
-            "simpleitk": SimpleITK.Version.VersionString(),
-            "medpy": getattr(medpy, "__version__", "0.5.2")}
+            "simpleitk": SimpleITK.Version.VersionString()}
 
 
 def _pad_volume(image: np.ndarray, target: np.ndarray, patch: list[int]) -> tuple[np.ndarray, np.ndarray]:

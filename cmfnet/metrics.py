@@ -26,7 +26,6 @@ import multiprocessing
 import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +40,7 @@ from cmfnet.io import FILE_ENDING, GRID_TOLERANCE, Dataset, atomic_path, read_im
 EMPTY_NONE, EMPTY_BOTH, EMPTY_PRED, EMPTY_REF = "none", "both", "pred", "ref"
 METRIC_COLUMNS = ("class_id", "class", "dsc", "asd", "assd", "hd95", "tp", "fp", "fn",
                   "n_pred", "n_ref", "empty", "penalty_mm")
-VERSION_COLUMNS = ("cmfnet_version", "medpy_version")
+VERSION_COLUMNS = ("cmfnet_version",)  # medpy is a test-only dependency: rows never need it
 
 
 # -- one case ------------------------------------------------------------------------------------
@@ -304,7 +303,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
     for position, (key, value) in enumerate(tags.items()):
         table.insert(position, key, value)
     table["cmfnet_version"] = __version__
-    table["medpy_version"] = package_version("medpy")
     with atomic_path(args.out) as tmp:
         table.to_csv(tmp, index=False)
 

@@ -3,7 +3,10 @@
 The Snakemake workflow (``workflow/rules/common.smk``) passes these values to its rules:
 
 - a model depends on its *training settings*: the protocol version, the method's resolved card
-  (a variant file's base card with the variant's overrides applied) and the resolved training
+  (its ``extends`` chain, or a variant file's base card with the variant's overrides applied,
+  then the preset's ``network:`` block, :func:`network_overrides`), with the plugin's params as
+  the plugin resolves them (its ``defaults`` under the card's ``params``: a card that spells out
+  a default trains the same model as one that leaves it out), and the resolved training
   block (engine defaults < the preset's ``train:`` < the card's ``train:``), plus, as file inputs,
   the plugin's source and the plugin-package modules it imports (:func:`plugin_sources`);
 - a row (one metrics CSV) depends on the same, plus the dataset block of the config, the head it
@@ -31,7 +34,8 @@ import yaml
 
 from cmfnet.engine import resolve_train_config
 from cmfnet.errors import InputError
-from cmfnet.method import Card, card_path_for_id, load_card, training_id, variant_overrides
+from cmfnet.cards import Card, card_path_for_id, load_card, training_id, variant_overrides
+from cmfnet.method import load_method
 
 #: a row's labels: they name a row and never change what it trains or predicts
 LABEL_KEYS = frozenset({"id", "name", "table"})
@@ -47,8 +51,15 @@ def digest(data: Any) -> str:
 def training_settings(card: Card, preset_train: dict[str, Any], protocol_version: int) -> dict[str, Any]:
     """Everything a model's weights depend on besides the data and the plugin's code."""
     settings = {key: value for key, value in card.to_dict().items() if key not in LABEL_KEYS | {"train"}}
+    settings["params"] = load_method(card).params
     settings["train"] = asdict(resolve_train_config(card, preset_train))
     return {"protocol_version": protocol_version, "card": settings}
+
+
+def network_overrides(preset_network: dict[str, Any]) -> list[str]:
+    """The preset's ``network:`` block (``{width: 8}``) as card overrides (``network.width=8``):
+    applied to every card, after its own network, by the pipeline and by ``cmfnet train --set``."""
+    return [f"network.{key}={json.dumps(value)}" for key, value in sorted(preset_network.items())]
 
 
 def row_hash(card: Card, preset_train: dict[str, Any], protocol_version: int, *, dataset: dict[str, Any],
@@ -111,11 +122,12 @@ def workdir_relative(path: Path) -> str:
 
 
 def trained_as(methods_dir: str | Path, method_id: str, preset_train: dict[str, Any],
-               protocol_version: int) -> str:
+               protocol_version: int, overrides: list[str] | tuple[str, ...] = ()) -> str:
     """The method id whose model a row reads: its own training id, unless it is a variant whose
     training settings equal its base card's (``fig6_alpha.alpha0p8`` reads ``cmfnet``) or an
-    earlier variant's of the same file. The answer depends on the card files only, never on
-    which other methods the config lists, so a model's folder never moves."""
+    earlier variant's of the same file. The answer depends on the card files (and the preset's
+    card ``overrides``) only, never on which other methods the config lists, so a model's folder
+    never moves."""
     own_id = training_id(method_id)
     path, variant, _ = card_path_for_id(methods_dir, own_id)
     if variant is None:
@@ -124,14 +136,14 @@ def trained_as(methods_dir: str | Path, method_id: str, preset_train: dict[str, 
     def settings(card: Card) -> dict[str, Any]:
         return training_settings(card, preset_train, protocol_version)
 
-    own = settings(load_card(path, variant=variant))
+    own = settings(load_card(path, overrides, variant=variant))
     base = (path.parent / str(yaml.safe_load(path.read_text())["extends"])).resolve()
-    if base.parent == Path(methods_dir).resolve() and settings(load_card(base)) == own:
+    if base.parent == Path(methods_dir).resolve() and settings(load_card(base, overrides)) == own:
         return base.stem
     for earlier in variant_overrides(path):
         if earlier == variant:
             break
-        if settings(load_card(path, variant=earlier)) == own:
+        if settings(load_card(path, overrides, variant=earlier)) == own:
             return f"{path.stem}.{earlier}"
     return own_id
 

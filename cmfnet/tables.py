@@ -83,7 +83,7 @@ def summarise(data: pd.DataFrame, order: list[str] | None = None) -> pd.DataFram
             row["mean_dsc_std"] = 100 * per_case["dsc"].std(ddof=1)
             row["mean_asd_mean"] = per_case["asd"].mean()
             row["mean_asd_std"] = per_case["asd"].std(ddof=1)
-        for column in ("seed", "config", "cmfnet_version", "medpy_version"):
+        for column in ("seed", "config", "cmfnet_version"):
             if column in sub:
                 row[column] = ";".join(sorted({str(v) for v in sub[column].dropna()}))
         rows.append(row)

@@ -1,7 +1,8 @@
 """The compared baselines: what makes each method itself, on tiny networks and patches.
 
-S2L and DMSPS hooks run against a small fake trainer with the attributes of the engine contract
-(volumes, predict_probabilities in eval mode without grad, reset_optimizer, log, ...).
+Loss terms are checked on hand-made batches (plugins' setup against a small fake trainer); S2L's
+and DMSPS's hooks (EMA updates, stage 2, resume after a kill) run in the real engine on the tiny
+fixture dataset.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ from baselines.regularizers import (entropy_of_probabilities, mumford_shah_loss,
                                     soft_contour_length)
 from baselines.s2l import crop_grid, downsample
 from baselines.ustm import masked_consistency, teacher_statistics, uncertainty_threshold
+from cmfnet.engine import Trainer, TrainConfig
 from cmfnet.errors import InputError
-from cmfnet.io import IGNORE
-from cmfnet.method import Batch, Method, StepInfo, load_card, load_method
+from cmfnet.io import IGNORE, Dataset
+from cmfnet.cards import load_card
+from cmfnet.method import Batch, Method, StepInfo, load_method
 
 METHODS = Path(__file__).resolve().parents[1] / "methods"
 TABLE_NAMES = {"pce": "pCE", "fullysup": "FullySup", "em": "EM", "tv": "TV", "ms": "MS",
@@ -104,7 +107,7 @@ def test_cards_follow_the_common_protocol(stem: str) -> None:
     assert card.name == TABLE_NAMES[stem]
     assert method.name == stem
     assert card.network == REFERENCE_VNET
-    assert card.fusion == "input"
+    assert card.channels is None, "input-level fusion: CT and MR stacked as channels"
     assert card.train == {}, "baselines train with the preset's block"
     assert card.supervision == ("mask" if stem == "fullysup" else "scribble")
     assert set(card.params) <= set(method.defaults)
@@ -396,40 +399,87 @@ def test_s2l_coarse_maps_are_cropped_with_the_batch_boxes() -> None:
     assert torch.equal(crop, coarse[:, z][:, :, y][:, :, :, x])
 
 
-def test_s2l_ema_updates_every_period_in_eval_mode_without_touching_batchnorm() -> None:
-    method, model, trainer = s2l_with_maps(2, 3, "params.period=1")
-    model.train()
-    modes: list[bool] = []
-    model.register_forward_pre_hook(lambda module, args: modes.append(module.training))
-    bn_before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
-    method.after_step(trainer, 0)  # period 1 = every iteration
-    assert modes and not any(modes), "the EMA update must run the model in eval mode"
-    assert model.training, "training mode is restored"
-    for key, value in model.state_dict().items():
-        if key in bn_before:
-            assert torch.equal(value, bn_before[key]), key
-    alpha = method.params["alpha"]
-    for case, volume in trainer.volumes.items():
-        expected = alpha * downsample(trainer.predict_probabilities(volume.image), method.stride)
-        assert torch.allclose(method.maps[case].float(), expected, atol=2e-3)  # deterministic in eval
+def engine_trainer(tmp_path: Path, dataset: Path, stem: str, *overrides: str, out: str = "out",
+                   iterations: int = 8) -> Trainer:
+    """The real engine on the tiny fixture dataset: width-2 network, one patch per volume."""
+    card = load_card(METHODS / f"{stem}.yaml", ["network.width=2", *overrides])
+    config = TrainConfig(iterations=iterations, batch_size=1, patch_size=[16, 32, 32], val_interval=0,
+                         checkpoint_interval=4, log_interval=4)
+    return Trainer(card, Dataset(dataset), 0, tmp_path / out, config, device="cpu")
 
 
-def test_s2l_ema_follows_the_recursion_and_survives_a_resume() -> None:
-    method, model, trainer = s2l_with_maps(1, 3, "params.period=5")
-    p1, p2 = torch.rand(3, *PATCH), torch.rand(3, *PATCH)
-    outputs = iter([p1, p1, p2, p2])
-    trainer.predict_probabilities = lambda image, model=None: next(outputs)
-    for iteration in range(10):
-        method.after_step(trainer, iteration)
+def fit_killed_after(trainer: Trainer, iteration: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run the plugin's hook, then die as a kill would, right after ``iteration``."""
+    hook = trainer.method.after_step
+
+    def hook_then_die(trainer: Trainer, it: int) -> None:
+        hook(trainer, it)
+        if it == iteration:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer.method, "after_step", hook_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+
+
+def test_s2l_in_the_engine_averages_eval_mode_predictions_every_period(tmp_path: Path, tiny_dataset: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """w <- a p + (1 - a) w every period, p the engine's eval-mode prediction of each training volume;
+    training mode and BatchNorm statistics are left as they were."""
+    trainer = engine_trainer(tmp_path, tiny_dataset, "s2l", "params.period=2", "params.ema_stride=1")
+    method, model = trainer.method, trainer.model
+    predictions: dict[str, list[torch.Tensor]] = {}
+    predict = trainer.predict_probabilities
+
+    def recorded(image: np.ndarray, model: nn.Module | None = None, overlap: float | None = None) -> torch.Tensor:
+        probs = predict(image, model, overlap)
+        for case in (c for c, v in trainer.volumes.items() if v.image is image):  # not validation
+            predictions.setdefault(case, []).append(probs)
+        return probs
+
+    monkeypatch.setattr(trainer, "predict_probabilities", recorded)
+    hook, modes, update_iterations = method.after_step, [], []
+
+    def checked(trainer: Trainer, iteration: int) -> None:
+        statistics = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+        handle = model.register_forward_pre_hook(lambda module, args: modes.append(module.training))
+        updates = method.updates
+        hook(trainer, iteration)
+        handle.remove()
+        if method.updates != updates:
+            update_iterations.append(iteration)
+        assert model.training, "training mode is restored"
+        assert all(torch.equal(model.state_dict()[k], v) for k, v in statistics.items())
+
+    monkeypatch.setattr(method, "after_step", checked)
+    trainer.fit()
+    assert update_iterations == [1, 3, 5, 7] and method.updates == 4 and modes and not any(modes)
     alpha = method.params["alpha"]
-    expected = alpha * p2 + (1 - alpha) * alpha * p1
-    assert method.updates == 2
-    assert torch.allclose(method.maps["case_0"].float(), expected, atol=2e-3)
-    resumed = tiny_method("s2l", "params.ema_stride=1", "params.period=5")
-    resumed.load_state_dict(copy.deepcopy(method.state_dict()))
-    resumed.setup(trainer)
-    assert resumed.updates == 2
-    assert all(torch.equal(resumed.maps[c], method.maps[c]) for c in method.maps)
+    assert sorted(predictions) == sorted(trainer.train_cases)
+    for case, probs in predictions.items():
+        assert len(probs) == 4 and not torch.equal(probs[0], probs[-1])  # the model changed in between
+        expected = torch.zeros_like(probs[0])
+        for p in probs:
+            expected = alpha * p + (1 - alpha) * expected
+        assert torch.allclose(method.maps[case].float(), expected, atol=2e-3)  # float16 maps
+
+
+def test_s2l_maps_survive_a_kill_and_resume_in_the_engine(tmp_path: Path, tiny_dataset: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    overrides = ("params.period=2", "params.ema_stride=2")
+    full = engine_trainer(tmp_path, tiny_dataset, "s2l", *overrides, out="full")
+    full.fit()
+    fit_killed_after(engine_trainer(tmp_path, tiny_dataset, "s2l", *overrides, out="killed"), 5, monkeypatch)
+    resumed = engine_trainer(tmp_path, tiny_dataset, "s2l", *overrides, out="killed")
+    updates: list[int] = []
+    hook = resumed.method.after_step
+    monkeypatch.setattr(resumed.method, "after_step", lambda t, it: (updates.append(it), hook(t, it)))
+    resumed.fit()
+    assert updates == [4, 5, 6, 7], "the resume starts after the last checkpoint (iteration 4)"
+    assert resumed.method.updates == full.method.updates == 4
+    assert sorted(resumed.method.maps) == sorted(full.method.maps)
+    for case, grid in full.method.maps.items():
+        assert torch.equal(resumed.method.maps[case], grid), case
 
 
 # -- DMSPS -----------------------------------------------------------------------------------------
@@ -496,43 +546,76 @@ def test_dmsps_stage2_keeps_scribbles_and_only_low_uncertainty_voxels(uncertain_
         assert (labels[:, 9:11, 9:11] == IGNORE).all()
 
 
-def test_dmsps_switches_to_stage2_once_and_keeps_the_labels_across_a_resume() -> None:
-    torch.manual_seed(0)
-    method = tiny_method("dmsps", "params.uncertainty_threshold=1.01")  # keep every voxel: testable
-    model = method.build_network(2, 2)
-    volumes = make_volumes(2)
-    scribbles = {c: v.target.copy() for c, v in volumes.items()}
-    trainer = FakeTrainer(method, model, volumes, 2, max_iterations=10)
-    aux_calls: list[bool] = []
-    model.aux_decoder.register_forward_pre_hook(lambda module, args: aux_calls.append(module.training))
-    for iteration in range(4):
-        method.after_step(trainer, iteration)
-    assert method.stage == 1 and not aux_calls
-    assert all(np.array_equal(v.target, scribbles[c]) for c, v in volumes.items())
-    method.after_step(trainer, 4)  # stage1_fraction 0.5 of 10 iterations
-    assert method.stage == 2 and trainer.optimizer_resets == [None]
-    assert aux_calls and not any(aux_calls), "stage-2 labels use both decoders, in eval mode"
-    for case, volume in volumes.items():
+def test_dmsps_in_the_engine_switches_to_stage2_once_and_trains_on_its_labels(
+        tmp_path: Path, tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stage 2 at stage1_fraction: labels from both decoders in eval mode (the engine's sliding
+    window), scribbles kept, the optimiser restarted once, and the sampler's patches use the labels."""
+    trainer = engine_trainer(tmp_path, tiny_dataset, "dmsps", "params.uncertainty_threshold=1.01")
+    method, model = trainer.method, trainer.model
+    scribbles: dict[str, np.ndarray] = {}  # the volumes are loaded by fit()
+    expected: dict[str, np.ndarray] = {}
+    start = method.start_stage2
+
+    def start_checked(trainer: Trainer) -> None:
+        scribbles.update({c: v.target.copy() for c, v in trainer.volumes.items()})
+        state = copy.deepcopy(model.state_dict())
+        start(trainer)
+        reference = copy.deepcopy(model)
+        reference.load_state_dict(state)
+        reference.eval()
+        for case, volume in trainer.volumes.items():
+            with torch.no_grad():
+                main, aux = reference.both(torch.from_numpy(volume.image)[None])
+            mean = 0.5 * (torch.softmax(main, 1) + torch.softmax(aux, 1))[0]
+            expected[case] = stage2_labels(mean, scribbles[case], 1.01, "background")
+
+    resets: list[int] = []
+    reset = trainer.reset_optimizer
+    monkeypatch.setattr(trainer, "reset_optimizer", lambda lr=None: (resets.append(trainer.iteration), reset(lr)))
+    monkeypatch.setattr(method, "start_stage2", start_checked)
+    targets: list[tuple[int, torch.Tensor]] = []
+    loss = method.loss
+
+    def recorded_loss(model: nn.Module, batch: Batch, step: StepInfo) -> tuple[torch.Tensor, dict[str, float]]:
+        targets.append((step.iteration, batch.target))
+        return loss(model, batch, step)
+
+    monkeypatch.setattr(method, "loss", recorded_loss)
+    trainer.fit()
+    assert method.stage == 2 and resets == [3]  # stage1_fraction 0.5 of 8 iterations
+    assert sorted(expected) == sorted(trainer.train_cases)
+    for case, volume in trainer.volumes.items():
         scribbled = scribbles[case] != IGNORE
         assert np.array_equal(volume.target[scribbled], scribbles[case][scribbled])
-        assert (volume.target != IGNORE).all()
-        model.eval()
-        with torch.no_grad():
-            main, aux = model.both(torch.from_numpy(volume.image)[None])
-        model.train()
-        expected = (torch.softmax(main, 1) + torch.softmax(aux, 1))[0].argmax(0).numpy()
-        components, _ = ndimage.label(expected == 1)
-        largest = components == np.bincount(components[components > 0]).argmax()
-        assert np.array_equal(volume.target[~scribbled], largest[~scribbled].astype(np.uint8))
-    labels = {c: v.target.copy() for c, v in volumes.items()}
-    method.after_step(trainer, 5)
-    assert trainer.optimizer_resets == [None], "stage 2 starts once"
+        assert np.array_equal(volume.target, expected[case]), case
+        assert np.array_equal(method.labels[case], expected[case])
+    assert all((t == IGNORE).any() for it, t in targets if it <= 3), "stage 1 trains on scribbles"
+    assert all(not (t == IGNORE).any() for it, t in targets if it > 3), "stage 2 on dense pseudo-labels"
 
-    fresh_volumes = make_volumes(2)
-    resumed = tiny_method("dmsps", "params.uncertainty_threshold=1.01")
-    state = method.state_dict()
-    assert all(t.dtype == torch.uint8 for t in (p["data"] for p in state["labels"].values()))
-    resumed.load_state_dict(copy.deepcopy(state))
-    resumed.setup(FakeTrainer(resumed, model, fresh_volumes, 2, max_iterations=10))
-    assert resumed.stage == 2
-    assert all(np.array_equal(fresh_volumes[c].target, labels[c]) for c in labels)
+
+def test_dmsps_resumed_in_stage2_keeps_its_labels_and_does_not_restart_it(
+        tmp_path: Path, tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    overrides = ("params.uncertainty_threshold=1.01",)
+    killed = engine_trainer(tmp_path, tiny_dataset, "dmsps", *overrides, out="killed")
+    fit_killed_after(killed, 5, monkeypatch)  # stage 2 began after iteration 3, checkpoint at 4
+    assert killed.method.stage == 2
+    labels = {c: v.target.copy() for c, v in killed.volumes.items()}
+    resumed = engine_trainer(tmp_path, tiny_dataset, "dmsps", *overrides, out="killed")
+    starts: list[int] = []
+    start = resumed.method.start_stage2
+    monkeypatch.setattr(resumed.method, "start_stage2", lambda t: (starts.append(t.iteration), start(t)))
+    seen: list[dict[str, np.ndarray]] = []
+    hook = resumed.method.after_step
+
+    def first_step(trainer: Trainer, iteration: int) -> None:
+        if not seen:
+            seen.append({c: v.target.copy() for c, v in trainer.volumes.items()})
+        hook(trainer, iteration)
+
+    monkeypatch.setattr(resumed.method, "after_step", first_step)
+    resumed.fit()
+    assert not starts and resumed.method.stage == 2
+    assert resumed.lr_origin == 3, "stage 2's schedule origin is restored"
+    for case, target in labels.items():
+        assert np.array_equal(seen[0][case], target), "the first resumed step trains on stage-2 labels"
+        assert np.array_equal(resumed.volumes[case].target, target)

@@ -10,7 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from cmfnet.errors import InputError
-from cmfnet.method import Batch, StepInfo, card_path_for_id, load_card, load_method, method_ids
+from cmfnet.cards import card_path_for_id, load_card, method_ids
+from cmfnet.losses.crf import multiview_crf_loss
+from cmfnet.method import Batch, StepInfo, load_method
 from cmfnet.networks import build_network, count_parameters
 from cmfnet.networks.cmfnet import CmFNet
 
@@ -175,15 +177,58 @@ def test_each_loss_term_alone_trains_the_network(term: str, overrides: list[str]
 
 
 def test_default_loss_is_the_sum_of_its_parts_with_the_papers_weights() -> None:
-    torch.manual_seed(0)
     method = tiny_method()
     assert {k: method.params[k] for k in ("lambda_ct", "lambda_mr", "alpha1", "alpha2")} == \
         {"lambda_ct": 0.2, "lambda_mr": 0.2, "alpha1": 0.8, "alpha2": 0.8}
-    model = method.build_network(2, 2)
-    loss, parts = method.loss(model, scribble_batch(), STEP)
-    assert set(parts) == {"ssl", "imr_ct", "imr_mr", "imc"}
-    assert loss.item() == pytest.approx(sum(parts.values()), rel=1e-6)
-    assert parts["imr_ct"] != pytest.approx(parts["imr_mr"])  # different intensities, different kernels
+
+
+def test_loss_terms_recomputed_from_the_heads_sum_to_the_loss() -> None:
+    """Every term from the network's heads and the batch, independently of the plugin: L_imr puts
+    channel 0 (CT) into the CT term and channel 1 (MR) into the MR term, each times its own lambda."""
+    torch.manual_seed(0)
+    lambda_ct, lambda_mr, alpha1, alpha2 = 0.3, 0.7, 0.4, 0.9
+    method = tiny_method(f"params.lambda_ct={lambda_ct}", f"params.lambda_mr={lambda_mr}",
+                         f"params.alpha1={alpha1}", f"params.alpha2={alpha2}")
+    model = method.build_network(2, 2).eval()  # no dropout: the plugin's forward and ours agree
+    batch = scribble_batch()
+    batch.image[:, 1] = 3 * batch.image[:, 1].sign()  # MR: two sharp intensity levels, unlike CT
+    loss, parts = method.loss(model, batch, STEP)
+    p = method.params
+    with torch.no_grad():
+        out = model(batch.image)
+        probs = {k: torch.softmax(v, 1) for k, v in out.items()}
+
+        def crf(channel: int) -> float:
+            return float(multiview_crf_loss(out["y_mm"], batch.image[:, [channel]], STEP.extras["spacing"],
+                                            p["crf_downsample"], p["crf_radius"], p["crf_sigma_xy_mm"],
+                                            p["crf_sigma_intensity"])[0])
+
+    expected = {
+        "ssl": sum(F.cross_entropy(y, batch.target, ignore_index=255).item() for y in out.values()),
+        "imr_ct": lambda_ct * crf(0),
+        "imr_mr": lambda_mr * crf(1),
+        "imc": alpha1 * F.mse_loss(probs["y_ct"], probs["y_mm"]).item()
+        + alpha2 * F.mse_loss(probs["y_mr"], probs["y_mm"]).item(),
+    }
+    assert crf(0) != pytest.approx(crf(1), rel=1e-2)  # a channel swap must show
+    assert parts == pytest.approx(expected, rel=1e-5)
+    assert loss.item() == pytest.approx(sum(expected.values()), rel=1e-5)
+
+
+@pytest.mark.parametrize("term", ["lambda_ct", "lambda_mr"])
+def test_each_lambda_scales_its_crf_term(term: str) -> None:
+    """Fig. 6's lambda sweep: doubling one lambda doubles its term and leaves the other alone."""
+    torch.manual_seed(0)
+    name = "imr_ct" if term == "lambda_ct" else "imr_mr"
+    other = "imr_mr" if term == "lambda_ct" else "imr_ct"
+    off = ["params.use_ssl=false", "params.use_imc=false"]
+    single = tiny_method(*off, f"params.{term}=0.1")
+    double = tiny_method(*off, f"params.{term}=0.2")
+    model = single.build_network(2, 2).eval()
+    _, one = single.loss(model, scribble_batch(), STEP)
+    _, two = double.loss(model, scribble_batch(), STEP)
+    assert two[name] == pytest.approx(2 * one[name], rel=1e-5)
+    assert two[other] == pytest.approx(one[other], rel=1e-5)
 
 
 def test_one_channel_input_uses_ct_for_both_crf_terms() -> None:
@@ -289,7 +334,7 @@ def test_switching_every_term_off_is_refused() -> None:
 # -- cards ---------------------------------------------------------------------------------------
 def test_cmfnet_cards_share_the_base_network_params_and_training_block() -> None:
     base = load_card(METHODS / "cmfnet.yaml")
-    assert (base.name, base.fusion, base.scribble_variant, base.train) == ("CmFNet", "cross-modal", "sim", {})
+    assert (base.name, base.network["arch"], base.scribble_variant, base.train) == ("CmFNet", "cmfnet", "sim", {})
     assert base.network["dropout"] == 0.5 and (base.network["ct_convs"], base.network["mr_convs"]) == (3, 4)
     for card, differs in (("cmfnet_autobg.yaml", {"scribble_variant": "autobg", "name": "CmFNet (AutoBG)"}),
                           ("cmfnet_fullmask.yaml", {"supervision": "mask"})):
@@ -336,10 +381,11 @@ def test_sweeps_set_both_weights_together() -> None:
 def test_ablation_rows_switch_the_right_modules_and_terms() -> None:
     rows = {v: load_card(METHODS / "table6.yaml", variant=v).network for v in ("mfl", "mfl_cfe", "mfl_cfe_cff")}
     assert [(n["cfe"], n["cff"]) for n in rows.values()] == [(False, False), (True, False), (True, True)]
-    terms = {v: load_card(METHODS / "table7.yaml", variant=v).params
+    terms = {v: load_method(load_card(METHODS / "table7.yaml", variant=v)).params  # over the defaults
              for v in ("ssl", "ssl_imr", "ssl_imc", "ssl_imr_imc")}
     assert [(p["use_ssl"], p["use_imr"], p["use_imc"]) for p in terms.values()] == \
         [(True, False, False), (True, True, False), (True, False, True), (True, True, True)]
     grid = load_card(METHODS / "table5.yaml", variant="ct6_mr4", head="mr")
     assert (grid.network["ct_convs"], grid.network["mr_convs"], grid.network["cfe"]) == (6, 4, False)
-    assert (grid.params["output"], grid.params["use_imr"], grid.params["use_imc"]) == ("mr", False, True)
+    params = load_method(grid).params
+    assert (params["output"], params["use_imr"], params["use_imc"]) == ("mr", False, True)

@@ -6,6 +6,7 @@ import copy
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -13,7 +14,7 @@ from cmfnet.engine import PatchSampler, TrainConfig, TrainedModel, Trainer, Trai
 from cmfnet.errors import InputError
 from cmfnet.io import IGNORE, Dataset, Geometry
 from cmfnet.losses import partial_ce
-from cmfnet.method import load_card
+from cmfnet.cards import load_card
 
 FAST = {"iterations": 8, "batch_size": 1, "patch_size": [16, 32, 32], "val_interval": 4,
         "checkpoint_interval": 4, "log_interval": 4}
@@ -120,49 +121,107 @@ def test_changed_config_does_not_resume_stale_checkpoint(change: str, tmp_path: 
     assert _log_rows(tmp_path / "out") == _log_rows(tmp_path / "fresh")
 
 
-def test_teacher_is_an_ema_of_the_student(tmp_path: Path, tiny_dataset: Path) -> None:
-    trainer = make_trainer(tmp_path, tiny_dataset, iterations=3)
-    trainer.method.teacher_decay = 0.5  # instance override: the plugin class stays pCE
+def test_teacher_is_an_ema_of_the_student_from_iteration_zero(tmp_path: Path, tiny_dataset: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mean-teacher warm-up: decay_i = min(1 - 1/(i + 1), d), so the teacher copies the student at
+    iteration 0 and averages ever longer afterwards, up to the method's decay."""
+    trainer = make_trainer(tmp_path, tiny_dataset, iterations=4)
+    trainer.method.teacher_decay = 0.6  # instance override: the plugin class stays pCE; reached at it 2
     trainer.teacher = copy.deepcopy(trainer.model)
-    before = [p.detach().clone() for p in trainer.teacher.parameters()]
-    trainer.iteration = 10  # past warm-up: decay = min(1 - 1/11, 0.5) = 0.5
     with torch.no_grad():
-        for p in trainer.model.parameters():
-            p.add_(1.0)
-    trainer._update_teacher()
-    for t, old, s in zip(trainer.teacher.parameters(), before, trainer.model.parameters()):
-        assert torch.allclose(t, 0.5 * old + 0.5 * s)
+        for p in trainer.teacher.parameters():
+            p.add_(5.0)  # a teacher that skipped iteration 0's copy would keep this offset
+    snapshots: list[tuple[int, list[torch.Tensor], list[torch.Tensor]]] = []
+
+    def record(trainer: Trainer, iteration: int) -> None:  # runs right after the teacher update
+        snapshots.append((iteration, [p.detach().clone() for p in trainer.model.parameters()],
+                          [p.detach().clone() for p in trainer.teacher.parameters()]))
+
+    monkeypatch.setattr(trainer.method, "after_step", record)
+    trainer.fit()
+    assert [it for it, _, _ in snapshots] == [0, 1, 2, 3]
+    expected: list[torch.Tensor] = []
+    for iteration, student, teacher in snapshots:
+        decay = min(1.0 - 1.0 / (iteration + 1), 0.6)
+        expected = [decay * t + (1 - decay) * s for t, s in zip(expected or student, student)]
+        for got, want in zip(teacher, expected):
+            assert torch.allclose(got, want, atol=1e-6), iteration
 
 
-def test_model_selection_uses_validation_and_model_applies(tmp_path: Path, tiny_dataset: Path) -> None:
-    trainer = make_trainer(tmp_path, tiny_dataset)
+def test_model_selection_keeps_the_best_validation_checkpoint(tmp_path: Path, tiny_dataset: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scripted validation scores whose best is neither the first, the last nor the worst: model.pt
+    must hold exactly the weights validated with the best score, and they must apply."""
+    trainer = make_trainer(tmp_path, tiny_dataset, val_interval=2, log_interval=2)
+    scores = iter([0.2, 0.9, 0.5, 0.1])
+    validated: dict[int, dict[str, torch.Tensor]] = {}
+
+    def scripted(data: list) -> float:
+        assert len(data) == len(trainer.val_cases)
+        validated[trainer.iteration] = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+        return next(scores)
+
+    monkeypatch.setattr(trainer, "_validate", scripted)
     meta = trainer.fit()
-    assert meta["selected_iteration"] in (4, 8)
-    assert 0.0 <= meta["best_val_dice"] <= 1.0
-    log = (tmp_path / "out" / "train_log.csv").read_text().splitlines()
-    assert log[0].startswith("iteration") and "val_dice" in log[0]
+    assert sorted(validated) == [2, 4, 6, 8]
+    assert meta["selected_iteration"] == 4 and meta["best_val_dice"] == pytest.approx(0.9)
+    log = pd.read_csv(tmp_path / "out" / "train_log.csv")
+    assert log["val_dice"].dropna().tolist() == pytest.approx([0.2, 0.9, 0.5, 0.1])
+    weights = torch.load(tmp_path / "out" / "model.pt", weights_only=True)["weights"]
+    assert any(not torch.equal(validated[4][k], validated[8][k]) for k in weights), "training moved on"
+    for key, value in weights.items():
+        assert torch.equal(value, validated[4][key]), key
     trained = TrainedModel.load(tmp_path / "out")
     image, _ = Dataset(tiny_dataset).load_image(Dataset(tiny_dataset).split(0)["test"][0])
     labels = trained.segment(image, torch.device("cpu"))
     assert labels.shape == image.shape[1:] and labels.dtype == np.uint8
 
 
-def test_training_never_reads_test_labels_or_test_scribbles(tmp_path: Path, tiny_dataset: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_training_reads_train_scribbles_and_validation_labels_only(tmp_path: Path, tiny_dataset: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scribbles exist only for the fold's training cases and labels only for its validation cases, so
+    any other read fails; the spy also demands that every training and validation case is used."""
     dataset = Dataset(tiny_dataset)
     split = dataset.split(0)
-    read: list[str] = []
-    for loader in ("load_label", "load_scribble"):
+    for case in dataset.cases:
+        if case not in split["train"]:
+            dataset.scribble_path(case, "sim").unlink()
+        if case not in split["val"]:
+            dataset.label_path(case).unlink()
+    read: dict[str, list[str]] = {"load_label": [], "load_scribble": []}
+    for loader, reads in read.items():
         original = getattr(Dataset, loader)
 
-        def spy(self: Dataset, case: str, *args: object, _original=original) -> np.ndarray:
-            read.append(case)
+        def spy(self: Dataset, case: str, *args: object, _original=original, _reads=reads) -> np.ndarray:
+            _reads.append(case)
             return _original(self, case, *args)
 
         monkeypatch.setattr(Dataset, loader, spy)
     make_trainer(tmp_path, tiny_dataset).fit()
-    assert read and not set(read) & set(split["test"])
-    assert set(read) <= set(split["train"]) | set(split["val"])
+    assert sorted(set(read["load_scribble"])) == sorted(split["train"])
+    assert sorted(set(read["load_label"])) == sorted(split["val"])
+
+
+def test_segment_normalises_like_training(tmp_path: Path, tiny_dataset: Path) -> None:
+    """The network sees the same normalised intensities at inference as in training and validation."""
+    trainer = make_trainer(tmp_path, tiny_dataset, iterations=1)
+    trainer.fit()
+    case = Dataset(tiny_dataset).split(0)["test"][0]
+    raw, _ = Dataset(tiny_dataset).load_image(case)
+    trained_view, _ = trainer._load_image(case)
+    assert not np.allclose(trained_view, raw)
+    trained = TrainedModel.load(tmp_path / "out")
+    seen: list[torch.Tensor] = []
+    original = trained.method.logits
+
+    def spy(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        seen.append(x.clone())
+        return original(model, x)
+
+    trained.method.logits = spy  # type: ignore[method-assign]
+    trained.segment(raw, torch.device("cpu"))
+    assert len(seen) == 1 and seen[0].shape[0] == 1  # the fixture volume is one patch
+    np.testing.assert_allclose(seen[0][0].numpy(), trained_view, atol=1e-6)
 
 
 def test_patch_size_must_fit_the_network(tmp_path: Path, tiny_dataset: Path) -> None:

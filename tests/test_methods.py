@@ -10,7 +10,7 @@ import torch
 
 from cmfnet.engine import TrainConfig, TrainedModel, Trainer
 from cmfnet.io import Dataset
-from cmfnet.method import card_path_for_id, load_card
+from cmfnet.cards import card_path_for_id, load_card
 
 REPO = Path(__file__).resolve().parents[1]
 TABLE1 = ["fullysup", "pce", "dmsps", "em", "tv", "ms", "ustm", "s2l", "cmfnet_autobg", "cmfnet"]
@@ -35,7 +35,7 @@ def test_card_trains_and_predicts(method: str, tmp_path: Path, tiny_dataset: Pat
 
 def test_heads_are_rows_of_one_trained_model(tmp_path: Path, tiny_dataset: Path) -> None:
     from cmfnet.errors import InputError
-    from cmfnet.method import method_ids, training_id
+    from cmfnet.cards import method_ids, training_id
 
     ids = method_ids(REPO / "methods" / "table5.yaml")
     assert len(ids) == 32 and "table5.ct3_mr4@ct" in ids and "table5.ct3_mr4@mr" in ids
@@ -61,7 +61,8 @@ def test_heads_are_rows_of_one_trained_model(tmp_path: Path, tiny_dataset: Path)
 
 def test_every_shipped_card_passes_the_value_checks() -> None:
     """The type and range checks of params and network options accept every card and variant we ship."""
-    from cmfnet.method import load_method, method_ids
+    from cmfnet.cards import method_ids
+    from cmfnet.method import load_method
 
     ids = [i for card in sorted((REPO / "methods").glob("*.yaml")) for i in method_ids(card)]
     for method_id in ids:
@@ -108,3 +109,67 @@ def test_plugin_state_survives_a_kill_through_the_real_engine(method: str, tmp_p
     resumed = torch.load(tmp_path / "killed" / "model.pt", weights_only=True)["weights"]
     assert all(torch.equal(value, resumed[key]) for key, value in full.items())
     assert rows("killed") == rows("full")
+
+
+# -- cards that extend cards ------------------------------------------------------------------------
+
+FORMER_CMFNET_CARD = """\
+name: CmFNet
+plugin: cmfnet.hybrid
+supervision: scribble
+scribble_variant: sim
+network: {arch: cmfnet, width: 16, ct_convs: 3, mr_convs: 4, mm_convs: 3, cfe: true, cff: true, dropout: 0.5}
+params: {use_ssl: true, use_imr: true, use_imc: true, lambda_ct: 0.2, lambda_mr: 0.2, alpha1: 0.8, alpha2: 0.8}
+"""
+
+
+@pytest.mark.parametrize(("stem", "changes"), [
+    ("cmfnet_autobg", {"name": "CmFNet (AutoBG)", "scribble_variant": "autobg"}),
+    ("cmfnet_fullmask", {"supervision": "mask"})])
+def test_cmfnet_variant_cards_resolve_to_the_full_cards_they_replaced(stem: str, changes: dict,
+                                                                      tmp_path: Path) -> None:
+    """The small overrides resolve to what the former full cards (written out here) gave: every
+    card key, and the params the plugin trains with."""
+    import yaml
+
+    from cmfnet.method import load_method
+
+    former = tmp_path / f"{stem}.yaml"
+    former.write_text(yaml.safe_dump({**yaml.safe_load(FORMER_CMFNET_CARD), **changes}))
+    old, new = load_card(former), load_card(REPO / "methods" / f"{stem}.yaml")
+    assert new.to_dict() == {**old.to_dict(), "params": new.params}
+    assert load_method(new).params == load_method(old).params
+
+
+def test_any_card_may_extend_another_and_list_only_what_it_changes(tmp_path: Path) -> None:
+    from cmfnet.cards import method_ids
+    from cmfnet.errors import InputError
+
+    (tmp_path / "base.yaml").write_text("name: Base\nplugin: baselines.em\nnetwork: {arch: vnet, width: 8}\n"
+                                        "params: {weight: 0.2}\ntrain: {iterations: 5}\ndescription: b\n")
+    (tmp_path / "mid.yaml").write_text("extends: base.yaml\nnetwork: {dropout: 0.1}\nparams: {rampup: 0.3}\n")
+    (tmp_path / "leaf.yaml").write_text("extends: mid.yaml\nname: Leaf\nsupervision: mask\n")
+    leaf = load_card(tmp_path / "leaf.yaml", ["network.width=4"])
+    assert (leaf.id, leaf.name, leaf.plugin, leaf.supervision) == ("leaf", "Leaf", "baselines.em", "mask")
+    assert leaf.network == {"arch": "vnet", "width": 4, "dropout": 0.1}  # mappings merge key by key
+    assert leaf.params == {"weight": 0.2, "rampup": 0.3} and leaf.train == {"iterations": 5}
+    assert method_ids(tmp_path / "leaf.yaml") == ["leaf"]  # a card, not a variant file
+    (tmp_path / "loop.yaml").write_text("extends: loop2.yaml\n")
+    (tmp_path / "loop2.yaml").write_text("extends: loop.yaml\nname: L\nplugin: baselines.pce\n")
+    with pytest.raises(InputError, match="extends itself through loop.yaml -> loop2.yaml -> loop.yaml"):
+        load_card(tmp_path / "loop.yaml")
+    (tmp_path / "typo.yaml").write_text("extends: base.yaml\nfusion: input\n")
+    with pytest.raises(InputError, match=r"unknown card keys \['fusion'\]"):
+        load_card(tmp_path / "typo.yaml")
+
+
+def test_card_keys_are_the_card_fields_and_round_trip() -> None:
+    """to_dict, from_dict and the checks all come from the Card fields: a model.pt card (also one an
+    older version wrote, with its `fusion` key) loads back to the same card."""
+    from cmfnet.cards import CARD_KEYS, Card
+
+    card = load_card(REPO / "methods" / "table4.yaml", variant="ct3")
+    stored = card.to_dict()
+    assert list(stored) == ["id", *CARD_KEYS] and "fusion" not in CARD_KEYS
+    again = Card.from_dict({**stored, "fusion": "input"}, card.path)
+    assert again.to_dict() == {**stored, "id": "table4"}  # the variant is the caller's, not the card's

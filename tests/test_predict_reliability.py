@@ -16,7 +16,7 @@ from cmfnet import inference
 from cmfnet.cli import main
 from cmfnet.engine import TrainConfig, TrainedModel, Trainer
 from cmfnet.io import Dataset, Geometry, read_image, write_image
-from cmfnet.method import load_card
+from cmfnet.cards import load_card
 from cmfnet.preprocess import resample_to_spacing
 
 from conftest import make_tiny_dataset

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
+import matplotlib.figure
+import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -33,11 +37,60 @@ def test_table_is_mean_and_std_over_cases_in_the_given_order(tmp_path: Path) -> 
     assert "70.00 ± 20.00" in (tmp_path / "out" / "table1.md").read_text()
 
 
-def test_sweep_tables_get_a_figure(tmp_path: Path) -> None:
-    files = [metrics_csv(tmp_path / f"{v}.csv", f"fig6.{v}", f"w={v}", [0.5 + v / 10, 0.6], table="fig6_x")
-             for v in range(3)]
+def test_multi_class_table_gives_each_class_and_the_per_case_mean_over_classes(tmp_path: Path) -> None:
+    dsc = {"tumour": [0.5, 0.7, 0.9, 0.6], "node": [0.1, 0.4, 0.2, 0.9]}
+    rows = [{"method": "a", "method_name": "A", "data": "scribbles", "fold": i % 2, "case": f"c{i}",
+             "class": cls, "dsc": values[i], "asd": 2.0 + 3 * values[i] ** 2}
+            for cls, values in dsc.items() for i in range(4)]
+    path = tmp_path / "a.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    write_tables([path], tmp_path / "out")
+    row = pd.read_csv(tmp_path / "out" / "table1.csv").iloc[0]
+    asd = {cls: [2.0 + 3 * v ** 2 for v in values] for cls, values in dsc.items()}
+    for cls in dsc:
+        assert row[f"{cls}_dsc_mean"] == pytest.approx(100 * statistics.mean(dsc[cls]), abs=1e-3)
+        assert row[f"{cls}_dsc_std"] == pytest.approx(100 * statistics.stdev(dsc[cls]), abs=1e-3)  # n - 1
+        assert row[f"{cls}_asd_mean"] == pytest.approx(statistics.mean(asd[cls]), abs=1e-3)
+        assert row[f"{cls}_asd_std"] == pytest.approx(statistics.stdev(asd[cls]), abs=1e-3)
+    case_dsc = [statistics.mean(pair) for pair in zip(*dsc.values())]
+    case_asd = [statistics.mean(pair) for pair in zip(*asd.values())]
+    assert row["mean_dsc_mean"] == pytest.approx(100 * statistics.mean(case_dsc), abs=1e-3)
+    assert row["mean_dsc_std"] == pytest.approx(100 * statistics.stdev(case_dsc), abs=1e-3)
+    assert row["mean_asd_mean"] == pytest.approx(statistics.mean(case_asd), abs=1e-3)
+    assert row["mean_asd_std"] == pytest.approx(statistics.stdev(case_asd), abs=1e-3)
+    assert (row["cases"], row["folds"]) == (4, 2)
+    markdown = (tmp_path / "out" / "table1.md").read_text()
+    assert f"{100 * statistics.mean(case_dsc):.2f} ± {100 * statistics.stdev(case_dsc):.2f}" in markdown
+    assert "node DSC (%)" in markdown and "mean DSC (%)" in markdown
+
+
+def test_sweep_figure_plots_each_variants_mean_and_std(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The figure shows the table: one point per variant in table order, error bars = std."""
+    figures: list[matplotlib.figure.Figure] = []
+    savefig = matplotlib.figure.Figure.savefig
+
+    def keep(self: matplotlib.figure.Figure, *args: object, **kwargs: object) -> None:
+        figures.append(self)
+        savefig(self, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", keep)
+    dsc = {v: [0.3 + v / 10, 0.6, 0.2 + v / 5] for v in range(3)}
+    files = [metrics_csv(tmp_path / f"{v}.csv", f"fig6.{v}", f"w={v}", values, table="fig6_x")
+             for v, values in dsc.items()]
     write_tables(files, tmp_path / "tables")
-    assert (tmp_path / "figures" / "fig6_x.png").stat().st_size > 0
+    png = plt.imread(tmp_path / "figures" / "fig6_x.png")
+    assert png.ndim == 3 and png.shape[0] > 100 and png[..., :3].std() > 0  # a real, non-blank image
+    (figure,) = figures
+    dsc_axis, asd_axis = figure.axes
+    assert [t.get_text() for t in dsc_axis.get_xticklabels()] == ["w=0", "w=1", "w=2"]
+    assert dsc_axis.get_ylabel() == "DSC (%)" and asd_axis.get_ylabel() == "ASD (mm)"
+    means = [100 * statistics.mean(values) for values in dsc.values()]
+    stds = [100 * statistics.stdev(values) for values in dsc.values()]
+    np.testing.assert_allclose(np.asarray(dsc_axis.lines[0].get_ydata(), float), means, rtol=1e-6)
+    bars = dsc_axis.collections[0].get_segments()  # one vertical segment per point: mean -+ std
+    np.testing.assert_allclose([b[1][1] - b[0][1] for b in bars], [2 * s for s in stds], rtol=1e-6)
+    asd_means = [statistics.mean(10 * (1 - v) for v in values) for values in dsc.values()]
+    np.testing.assert_allclose(np.asarray(asd_axis.lines[0].get_ydata(), float), asd_means, rtol=1e-6)
 
 
 def test_mixed_datasets_and_duplicates_are_refused(tmp_path: Path) -> None:

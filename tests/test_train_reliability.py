@@ -19,7 +19,7 @@ from cmfnet.cli import main
 from cmfnet.engine import FORMAT_VERSION, TrainConfig, TrainedModel, Trainer
 from cmfnet.errors import InputError
 from cmfnet.io import Dataset, read_json, write_json
-from cmfnet.method import load_card
+from cmfnet.cards import load_card
 from test_engine import FAST, kill_after, make_trainer, write_card
 
 REPO = Path(__file__).resolve().parents[1]

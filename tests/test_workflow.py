@@ -24,7 +24,7 @@ import yaml
 from snakemake.utils import update_config
 
 from cmfnet.engine import TrainConfig, resolve_train_config
-from cmfnet.method import load_card
+from cmfnet.cards import load_card
 from cmfnet.provenance import plugin_sources, trained_as
 from test_pipeline import TOY_PLUGIN  # the toy of the one-module-plus-one-card test
 
@@ -42,6 +42,8 @@ TOY_CARD = "name: Toy\nplugin: toy_method.py\nsupervision: scribble\nscribble_va
 TOY_SWEEP = "extends: toy.yaml\ntable: fig_toy\nvariants:\n" \
             "  w02: {name: 'weight=0.2', set: {params.weight: 0.2}}\n" \
             "  same: {name: 'weight=0.05', set: {params.weight: 0.05}}\n"
+FAST_TRAIN = {"iterations": 4, "batch_size": 1, "patch_size": [16, 32, 32], "val_interval": 2,
+              "checkpoint_interval": 2, "log_interval": 2}
 WITH_TOY = ("--config", "methods=[fullysup,pce,toy]", "ablations=[toy_sweep]")
 
 
@@ -55,6 +57,10 @@ def repo_copy(root: Path) -> Path:
             shutil.copy2(source, root / name)
     for name, text in {"toy_method.py": TOY_PLUGIN, "toy.yaml": TOY_CARD, "toy_sweep.yaml": TOY_SWEEP}.items():
         (root / "methods" / name).write_text(text)
+    # these tests read plans, not results: the copy's smoke preset trains for seconds, not minutes
+    smoke = yaml.safe_load((root / "config" / "smoke.yaml").read_text())
+    smoke["train"] = FAST_TRAIN
+    (root / "config" / "smoke.yaml").write_text(yaml.safe_dump(smoke, sort_keys=False))
     return root
 
 
@@ -257,6 +263,26 @@ def test_the_readme_table_recipe_rebuilds_only_the_tables(finished: Path, tmp_pa
     assert set(planned(fresh, "--forcerun", "tables", *SMOKE)) == {"tables", "all"}
 
 
+def test_a_preset_network_block_changes_every_card_and_retrains_every_method(finished: Path,
+                                                                             tmp_path: Path) -> None:
+    """`network:` in a config applies to every card: each train job gets it as --set, and it is a
+    training setting (the smoke run's models retrain)."""
+    work = copy_of(finished, tmp_path)
+    (work / "config" / "narrow.yaml").write_text("network: {width: 4, norm: instance}\n")
+    text = dry_run(work, "--configfile", "config/smoke.yaml", "config/narrow.yaml")
+    assert trained(jobs_of(text)) == {"fullysup", "pce"}
+    assert text.count("--set 'network.norm=\"instance\"' --set 'network.width=4'") == 2
+
+
+def test_gpu_resources_come_from_the_config_not_the_planning_host(tmp_path: Path) -> None:
+    work = repo_copy(tmp_path / "repo")
+    common = (work / "workflow" / "rules" / "common.smk").read_text()
+    assert "torch" not in common
+    for extra, gpus in ((), "0"), (("device=cuda",), "1"), (("device=cuda", "gpus=2"), "2"):
+        text = dry_run(work, *SMOKE, *(("--config", *extra) if extra else ()), "--until", "train")
+        assert re.search(rf"rule train:(.|\n)*?resources: .*gpu={gpus}", text), text[-2000:]
+
+
 def test_bumping_the_protocol_version_retrains_every_method(finished: Path, tmp_path: Path) -> None:
     work = copy_of(finished, tmp_path)
     assert trained(planned(work, *SMOKE, "--config", "protocol_version=2")) == {"fullysup", "pce"}
@@ -266,9 +292,9 @@ def test_a_by_hand_run_with_the_preset_file_trains_with_the_pipelines_block(fini
     """docs/adding-a-method.md: `cmfnet train ... --train-config config/smoke.yaml` matches the pipeline."""
     preset: dict = {}
     for name in ("config.yaml", "smoke.yaml"):  # how Snakemake merges the pipeline's config
-        update_config(preset, yaml.safe_load((REPO / "config" / name).read_text()))
-    card = load_card(REPO / "methods" / "pce.yaml")
-    by_hand = resolve_train_config(card, yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())["train"])
+        update_config(preset, yaml.safe_load((finished / "config" / name).read_text()))
+    card = load_card(finished / "methods" / "pce.yaml")
+    by_hand = resolve_train_config(card, yaml.safe_load((finished / "config" / "smoke.yaml").read_text())["train"])
     recorded = json.loads((finished / "results" / "models" / "smoke-npc" / "pce" / "fold0" / "meta.json").read_text())
     assert asdict(by_hand) == recorded["train"] == asdict(resolve_train_config(card, preset["train"]))
     assert asdict(by_hand) != asdict(TrainConfig())  # without --train-config: the engine's own block

@@ -6,15 +6,15 @@ from functools import cache
 from pathlib import Path
 
 import jsonschema
-import torch
 import yaml
 from snakemake.utils import validate
 
 from cmfnet.engine import resolve_train_config
 from cmfnet.errors import InputError
 from cmfnet.io import Dataset
-from cmfnet.method import card_path_for_id, head_overrides, load_card, method_ids
-from cmfnet.provenance import digest, plugin_sources, row_hash, trained_as, training_settings, workdir_relative
+from cmfnet.cards import card_path_for_id, head_overrides, load_card, method_ids
+from cmfnet.provenance import (digest, network_overrides, plugin_sources, row_hash, trained_as, training_settings,
+                               workdir_relative)
 
 
 def check_config(schema_file):
@@ -39,6 +39,8 @@ validate(config, "../schemas/config.schema.yaml")
 DATASET = config["dataset"]["name"]
 METHODS_DIR = Path(config["methods_dir"])
 PROTOCOL = config["protocol_version"]
+#: the preset's network: block, applied to every card after its own network (card_of, card_args)
+NETWORK_OVERRIDES = network_overrides(config["network"])
 
 
 def dataset_dir():
@@ -72,14 +74,14 @@ def all_method_ids():
 @cache
 def card_of(method):
     path, variant, head = card_path_for_id(METHODS_DIR, method)
-    return load_card(path, variant=variant, head=head)
+    return load_card(path, NETWORK_OVERRIDES, variant=variant, head=head)
 
 
 @cache
 def model_id(method):
     """The model folder a row reads: heads of a variant share one, and a variant whose settings
     equal its base card's reads the base card's model (identical settings never train twice)."""
-    return trained_as(METHODS_DIR, method, config["train"], PROTOCOL)
+    return trained_as(METHODS_DIR, method, config["train"], PROTOCOL, NETWORK_OVERRIDES)
 
 
 def model_of(wildcards):
@@ -141,7 +143,8 @@ def train_inputs(wildcards):
 
 def card_args(wildcards):
     card = card_of(wildcards.method)
-    return f"--card {card.path}" + (f" --variant {card.variant}" if card.variant else "")
+    args = f"--card {card.path}" + (f" --variant {card.variant}" if card.variant else "")
+    return " ".join([args, *(f"--set '{override}'" for override in NETWORK_OVERRIDES)])
 
 
 def train_config_json(wildcards):
@@ -165,8 +168,11 @@ def evaluate_tags(wildcards):
     return " ".join(f"--tag '{k}={v}'" for k, v in tags.items())
 
 
-def train_gpus(wildcards):
-    return 1 if torch.cuda.is_available() else 0
+def job_gpus(wildcards):
+    """GPUs a train or predict job asks the scheduler for: config `gpus`, else 1 when the config
+    names a CUDA device. Decided by the config, never by the submitting host's hardware (under a
+    cluster executor the host that plans the jobs is not the one that runs them)."""
+    return config.get("gpus", 1 if config["device"].startswith("cuda") else 0)
 
 
 def metrics_files(wildcards=None):

@@ -24,7 +24,7 @@ rule train:
     resources:
         mem_mb=8000,
         runtime=240,
-        gpu=train_gpus,
+        gpu=job_gpus,
     conda:
         "../envs/cmfnet.yaml"
     shell:
@@ -49,7 +49,7 @@ rule predict:
     resources:
         mem_mb=8000,
         runtime=60,
-        gpu=train_gpus,
+        gpu=job_gpus,
     conda:
         "../envs/cmfnet.yaml"
     shell:

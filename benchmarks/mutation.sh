@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Mutation testing with mutmut (pinned in the `test` extra), configured in pyproject.toml.
+#
+#   benchmarks/mutation.sh                                   # the stated subset (below), ~40 min on 2 cores
+#   benchmarks/mutation.sh cmfnet/metrics.py cmfnet/engine.py  # any of the configured core modules
+#   ALL=1 benchmarks/mutation.sh                             # all nine core modules (several hours)
+#
+# Runs on a copy of the working tree (tracked and untracked, not ignored, files) in a temporary
+# folder, so mutmut's mutants/ never lands in the repository; at low CPU priority; with the
+# default test selection minus the Snakemake tests, which run the installed package in
+# subprocesses and never see a mutant. Prints the survivors (names for `mutmut show`) and
+# the score per module (killed + timeout over all mutants that have a test). Not part of the
+# default test run. Environment: JOBS (parallel mutants, default 2), KEEP=1 keeps the copy.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
+# Stated subset: modules nobody else edits often and whose tests are fast (docs/testing.md).
+SUBSET=(cmfnet/normalize.py cmfnet/splits.py cmfnet/tables.py)
+if [[ $# -gt 0 ]]; then
+    MODULES=("$@")
+elif [[ "${ALL:-0}" == 1 ]]; then
+    MODULES=()  # the full only_mutate list of pyproject.toml
+else
+    MODULES=("${SUBSET[@]}")
+fi
+
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/cmfnet-mutation.XXXXXX")"
+cleanup() { if [[ "${KEEP:-0}" != 1 ]]; then rm -rf "$WORK"; else echo "kept $WORK" >&2; fi; }
+trap cleanup EXIT
+(cd "$REPO" && git ls-files -z -co --exclude-standard | tar --null -T - -cf -) | tar -xf - -C "$WORK"
+
+cd "$WORK"
+if [[ ${#MODULES[@]} -gt 0 ]]; then
+    python - "${MODULES[@]}" <<'PY'
+"""Restrict only_mutate in the copy's pyproject.toml to the modules asked for."""
+import re
+import sys
+import tomllib
+from pathlib import Path
+
+path = Path("pyproject.toml")
+text = path.read_text()
+configured = tomllib.loads(text)["tool"]["mutmut"]["only_mutate"]
+asked = sys.argv[1:]
+unknown = [m for m in asked if not any(Path(m).match(p) or m == p for p in configured)]
+if unknown:
+    sys.exit(f"not a configured core module: {unknown} (pyproject.toml [tool.mutmut] only_mutate)")
+listed = ", ".join(f'"{m}"' for m in asked)
+text = re.sub(r"only_mutate = \[.*?\]", f"only_mutate = [{listed}]", text, count=1, flags=re.S)
+path.write_text(text)
+PY
+fi
+
+echo "mutating: ${MODULES[*]:-all core modules} (copy in $WORK)" >&2
+start=$(date +%s)
+nice -n 19 mutmut run --max-children "${JOBS:-2}" > mutmut-run.log 2>&1 || { tail -40 mutmut-run.log; exit 1; }
+elapsed=$(( $(date +%s) - start ))
+
+mutmut results --all true > results.txt
+echo "== survivors (see one with: cd $WORK && mutmut show NAME; KEEP=1 keeps the copy)"
+grep -E ": (survived|no tests)$" results.txt || true
+echo "== score per module (${elapsed} s)"
+python - <<'PY'
+"""killed + timeout over mutants with a test, per module, from `mutmut results --all true`."""
+from collections import Counter, defaultdict
+from pathlib import Path
+
+counts: dict[str, Counter] = defaultdict(Counter)
+for line in Path("results.txt").read_text().splitlines():
+    if ": " not in line:
+        continue
+    name, status = (part.strip() for part in line.rsplit(": ", 1))
+    module = name.split(".x_")[0].split(".xǁ")[0]
+    counts[module][status] += 1
+for module, c in sorted(counts.items()):
+    caught = c["killed"] + c["timeout"]
+    scored = sum(c.values()) - c["skipped"]
+    detail = ", ".join(f"{k} {v}" for k, v in sorted(c.items()))
+    print(f"{module}: {caught}/{scored} = {100 * caught / max(scored, 1):.1f} % ({detail})")
+PY

@@ -1,0 +1,67 @@
+"""Per-channel normalisation as dataset.json declares it: each scheme by value, and bad declarations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cmfnet.normalize import normalize_channel, normalize_image
+
+
+def test_ct_window_clips_and_scales_to_unit_range() -> None:
+    hu = np.array([-1000.0, -160.0, 40.0, 240.0, 3000.0])
+    out = normalize_channel(hu, {"scheme": "ct", "window": [-160, 240]})
+    np.testing.assert_allclose(out, [0.0, 0.0, 0.5, 1.0, 1.0])
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(normalize_channel(hu, {"scheme": "ct"}), out)  # the default window
+
+
+def test_zscore_over_the_whole_volume_is_the_default() -> None:
+    rng = np.random.default_rng(0)
+    mr = rng.normal(300.0, 40.0, size=(4, 8, 8))
+    for spec in (None, {"scheme": "zscore"}):
+        out = normalize_channel(mr, spec)
+        assert abs(float(out.mean())) < 1e-4 and abs(float(out.std()) - 1.0) < 1e-4
+
+
+def test_zscore_with_percentile_clipping_and_a_nonzero_mask() -> None:
+    mr = np.zeros((10, 10), np.float32)
+    mr[2:8, 2:8] = np.arange(36, dtype=np.float32).reshape(6, 6)
+    mr[2, 2] = 10_000.0  # one bright outlier, clipped by the percentiles
+    out = normalize_channel(mr, {"scheme": "zscore", "clip_percentiles": [0, 95], "mask": "nonzero"})
+    inside = mr != 0
+    assert (out[~inside] == 0).all()  # air stays 0
+    assert abs(float(out[inside].mean())) < 1e-5 and abs(float(out[inside].std()) - 1.0) < 1e-4
+    assert out.max() == out[2, 2]  # the outlier is clipped to the 95th percentile, not dropped
+    ranks = np.argsort(out[inside][1:])  # the other voxels keep their order
+    assert (np.diff(mr[inside][1:][ranks]) >= 0).all()
+
+
+def test_a_constant_or_empty_channel_gives_no_nan() -> None:
+    for array in (np.full((3, 3), 7.0), np.zeros((3, 3))):
+        out = normalize_channel(array, {"scheme": "zscore", "mask": "nonzero"})
+        assert np.isfinite(out).all() and (out == 0).all()
+
+
+def test_none_keeps_the_values_and_the_input_is_never_changed() -> None:
+    array = np.array([[1, 2], [3, 4]], dtype=np.int16)
+    out = normalize_channel(array, {"scheme": "none"})
+    assert out.dtype == np.float32 and (out == array).all()
+    out[0, 0] = 99
+    assert array[0, 0] == 1
+
+
+def test_image_channels_follow_their_own_declaration_by_name() -> None:
+    image = np.stack([np.array([[-160.0, 240.0]]), np.array([[5.0, 6.0]])])
+    out = normalize_image(image, ["CT", "T1c"], {"CT": {"scheme": "ct", "window": [-160, 240]},
+                                                  "T1c": {"scheme": "none"}})
+    np.testing.assert_allclose(out, [[[0.0, 1.0]], [[5.0, 6.0]]])
+    np.testing.assert_allclose(normalize_image(image, ["CT", "MR"], None)[0], [[-1.0, 1.0]])  # zscore
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ({"scheme": "minmax"}, "unknown normalisation scheme 'minmax'"),
+    ({"scheme": "zscore", "mask": "brain"}, "unknown z-score mask 'brain'")])
+def test_an_unknown_declaration_is_refused(spec: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        normalize_channel(np.ones((2, 2)), spec)
