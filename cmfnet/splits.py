@@ -49,6 +49,9 @@ def kfold_splits(cases: list[str], folds: int = 5, val_fraction: float = VAL_FRA
     for train_idx, test_idx in KFold(folds, shuffle=True, random_state=seed).split(ordered):
         rest = [ordered[i] for i in train_idx]
         n_val = max(1, int(round(val_fraction * len(rest))))
+        if n_val >= len(rest):
+            raise ValueError(f"val_fraction {val_fraction} takes all {len(rest)} non-test cases of a fold "
+                             f"for validation, leaving none to train on")
         val = sorted(rng.choice(rest, size=n_val, replace=False).tolist())
         train = [c for c in rest if c not in val]
         out.append({"train": train, "val": val, "test": sorted(ordered[i] for i in test_idx)})
