@@ -333,6 +333,12 @@ class Trainer:
         if bad_sides:
             raise InputError(card.path, f"patch_size {config.patch_size} must be multiples of "
                                         f"{self.size_divisor} for this network")
+        bottleneck = math.prod(p // self.size_divisor for p in config.patch_size)
+        uses_batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules())
+        if uses_batch_norm and config.batch_size * bottleneck < 2:
+            raise InputError(card.path, f"batch_size {config.batch_size} with patch_size {config.patch_size} "
+                                        f"leaves BatchNorm one value per channel at the network's coarsest "
+                                        f"level: use batch_size >= 2 or a larger patch")
         self.teacher: nn.Module | None = None
         if self.method.teacher_decay is not None:
             self.teacher = copy.deepcopy(self.model)

@@ -369,3 +369,16 @@ def test_last_pt_of_another_format_is_not_resumed(tmp_path: Path, tiny_dataset: 
         in capsys.readouterr().err
     make_trainer(tmp_path, tiny_dataset, "fresh").fit()
     assert same_weights(out, tmp_path / "fresh")
+
+
+def test_batch_norm_with_one_value_per_channel_is_refused_before_training(
+        tmp_path: Path, tiny_dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """batch 1 and a 16^3 patch leave the V-Net's 1x1x1 bottleneck one value per channel: torch's
+    ValueError used to surface as a traceback inside the training log."""
+    code = train_cli(tmp_path, tiny_dataset, "--set", "train.batch_size=1",
+                     "--set", "train.patch_size=[16,16,16]")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "BatchNorm one value per channel" in err[0], err
+    assert not (tmp_path / "out").exists()
+    assert train_cli(tmp_path, tiny_dataset, "--set", "train.batch_size=2",
+                     "--set", "train.patch_size=[16,16,16]") == 0
