@@ -175,16 +175,13 @@ def nifti_problem(path: Path) -> str | None:
 
 
 def _temporary_sibling(path: Path, folder: bool = False) -> Path:
-    """A hidden, unused temporary name in the same folder (so the final rename is atomic).
+    """A hidden temporary name in the same folder (so the final rename is atomic).
 
     Only the name: the caller records it before creating it, so a signal can never leave a file
     behind that no ``finally`` knows of (signals reach Python between any two bytecodes).
     """
     suffix = ".part" if folder else ".part" + "".join(path.suffixes)
-    while True:
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}{suffix}"
-        if not tmp.exists():
-            return tmp
+    return path.parent / f".{path.name}.{secrets.token_hex(4)}{suffix}"
 
 
 def _create(tmp: Path, folder: bool) -> bool:
@@ -249,12 +246,12 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
 
 # Temporary names made by atomic_path (".NAME.XXXXXXXX.part.SUFFIXES") and atomic_dir
 # (".NAME.XXXXXXXX.part", ".NAME.old"): the random part is eight characters.
-_PARTIAL = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.part(\..+)?$|^\..+\.old$")
+def _partial_pattern(name: str) -> re.Pattern[str]:
+    """The temporary names atomic_path/atomic_dir make for a file or folder matching ``name`` (a regex)."""
+    return re.compile(rf"^\.{name}\.[A-Za-z0-9_]{{8}}\.part(\..+)?$|^\.{name}\.old$")
 
 
-def _partial_of(name: str) -> re.Pattern[str]:
-    """The temporary names atomic_path/atomic_dir make for ``name`` only."""
-    return re.compile(rf"^\.{re.escape(name)}\.[A-Za-z0-9_]{{8}}\.part(\..+)?$|^\.{re.escape(name)}\.old$")
+_PARTIAL = _partial_pattern(".+")
 
 
 def leftover_partials(folder: str | os.PathLike, name: str | None = None) -> list[Path]:
@@ -265,7 +262,7 @@ def leftover_partials(folder: str | os.PathLike, name: str | None = None) -> lis
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    pattern = _PARTIAL if name is None else _partial_of(name)
+    pattern = _PARTIAL if name is None else _partial_pattern(re.escape(name))
     return sorted(p for p in folder.iterdir() if pattern.match(p.name))
 
 
