@@ -7,7 +7,7 @@ q = a p1 + (1 - a) p2 detached and a ~ U(0, 1) once per step.
 Stage 2 (after ``stage1_fraction`` of training): every training volume is predicted with the mean
 of both decoders' softmax; voxels with normalised entropy below ``uncertainty_threshold`` keep the
 prediction, each foreground class keeps its largest connected component, the scribbles are put
-back on top, and these labels replace ``trainer.volumes[c].target``; training continues from the
+back on top, and these labels replace each case's training target (``TrainingContext.replace_target``); training continues from the
 stage-1 weights with the same loss. Choices against the reference are in docs/baselines.md.
 """
 
@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,49 +23,14 @@ from scipy import ndimage
 from torch import nn
 
 from baselines.regularizers import entropy_of_probabilities, soft_cross_entropy
+from cmfnet.data.io import IGNORE, counted
 from cmfnet.errors import InputError
-from cmfnet.io import IGNORE
-from cmfnet.losses import partial_ce
-from cmfnet.method import Batch, Card, Method, StepInfo, counted
-from cmfnet.networks.vnet import VNetDecoder, VNetEncoder, stage_convs
+from cmfnet.training.cards import Card
+from cmfnet.training.contract import Batch, Method, StepInfo, TrainingContext
+from cmfnet.training.losses import partial_ce
 
-if TYPE_CHECKING:
-    from cmfnet.engine import Trainer
 
 UNCERTAIN_LABELS = ("background", "ignore")
-
-
-class DualDecoderVNet(nn.Module):
-    """V-Net encoder shared by two V-Net decoders; ``forward`` is the main decoder alone.
-
-    The auxiliary decoder's input features go through ``nn.Dropout3d``, which (unlike the
-    reference's ``F.dropout3d`` with its default ``training=True``) is off in eval mode, so the
-    stage-2 predictions are deterministic.
-    """
-
-    def __init__(self, in_channels: int, num_classes: int, width: int = 16,
-                 n_convs: int | Sequence[int] = (1, 2, 3, 3, 3), downsamplings: int = 4,
-                 dropout: float = 0.5, norm: str = "batch", act: str = "relu",
-                 aux_feature_dropout: float = 0.5) -> None:
-        super().__init__()
-        convs = stage_convs(n_convs, downsamplings)
-        self.downsamplings = downsamplings
-        self.encoder = VNetEncoder(in_channels, width, convs, norm, act)
-        self.main_decoder = VNetDecoder(self.encoder.widths, convs, num_classes, norm, act, dropout)
-        self.aux_decoder = VNetDecoder(self.encoder.widths, convs, num_classes, norm, act, dropout)
-        self.feature_dropout = nn.Dropout3d(aux_feature_dropout)
-
-    @property
-    def size_divisor(self) -> int:
-        return 2 ** self.downsamplings
-
-    def both(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(main logits, auxiliary logits) from one encoder pass."""
-        features = self.encoder(x)
-        return self.main_decoder(features), self.aux_decoder([self.feature_dropout(f) for f in features])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.main_decoder(self.encoder(x))
 
 
 def mixed_soft_label(p1: torch.Tensor, p2: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -125,7 +89,6 @@ class DynamicallyMixedSoftPseudoLabels(Method):
     defaults: dict[str, Any] = {
         "pseudo_weight": 8.0,           # DMSPS WORD-3D and ACDC
         "double_softmax": True,         # CE on probabilities, as the reference (see docs)
-        "aux_feature_dropout": 0.5,     # DMSPS Dropout(p=0.5) on every encoder feature map
         "stage1_fraction": 0.5,         # share of max_iterations spent in stage 1
         "uncertainty_threshold": 0.3,   # WORD (trainReT03); ACDC uses 0.1
         "uncertain_label": "background",  # official WORD-3D scripts; "ignore" = PyMIC
@@ -136,8 +99,9 @@ class DynamicallyMixedSoftPseudoLabels(Method):
 
     def __init__(self, card: Card) -> None:
         super().__init__(card)
-        if str(card.network.get("arch", "vnet")) != "vnet":
-            raise InputError(card.path, "DMSPS builds a dual-decoder V-Net: network.arch must be 'vnet'")
+        if card.network.get("arch") != "vnet_dual_decoder":
+            raise InputError(card.path, "DMSPS trains two decoders on one encoder: network.arch must be "
+                                        "'vnet_dual_decoder'")
         if self.params["uncertain_label"] not in UNCERTAIN_LABELS:
             raise InputError(card.path, f"params.uncertain_label must be one of {UNCERTAIN_LABELS}")
         fraction = self.params["stage1_fraction"]
@@ -149,12 +113,7 @@ class DynamicallyMixedSoftPseudoLabels(Method):
         self.labels: dict[str, np.ndarray] = {}
         self._decoder_mean = False
 
-    # -- network -------------------------------------------------------------------------------
-    def build_network(self, in_channels: int, num_classes: int) -> nn.Module:
-        options = {k: v for k, v in self.card.network.items() if k != "arch"}
-        return DualDecoderVNet(in_channels, num_classes,
-                               aux_feature_dropout=float(self.params["aux_feature_dropout"]), **options)
-
+    # -- prediction ----------------------------------------------------------------------------
     def logits(self, model: nn.Module, image: torch.Tensor) -> torch.Tensor:
         """Main decoder; while stage-2 labels are made, log of the two decoders' mean softmax
         (so that the engine's softmax of it is exactly that mean)."""
@@ -179,45 +138,42 @@ class DynamicallyMixedSoftPseudoLabels(Method):
                        "stage": float(self.stage)}
 
     # -- stage 2 -------------------------------------------------------------------------------
-    def after_step(self, trainer: Trainer, iteration: int) -> None:
-        stage1 = int(round(float(self.params["stage1_fraction"]) * trainer.max_iterations))
+    def after_step(self, context: TrainingContext, iteration: int) -> None:
+        stage1 = int(round(float(self.params["stage1_fraction"]) * context.max_iterations))
         if self.stage == 1 and iteration + 1 >= stage1:
-            self.start_stage2(trainer)
+            self.start_stage2(context)
 
-    def start_stage2(self, trainer: Trainer) -> None:
+    def start_stage2(self, context: TrainingContext) -> None:
         """Label every training volume from the stage-1 model, then train on those labels."""
         self._decoder_mean = True
         try:
-            labels = {case: stage2_labels(trainer.predict_probabilities(volume.image), volume.target,
+            labels = {case: stage2_labels(context.predict(case), context.target(case),
                                           float(self.params["uncertainty_threshold"]),
                                           self.params["uncertain_label"])
-                      for case, volume in trainer.volumes.items()}
+                      for case in context.cases}
         finally:
             self._decoder_mean = False
         self.labels = labels
         self.stage = 2
-        self._apply_labels(trainer)
+        self._apply_labels(context)
         if self.params["reset_optimizer"]:
-            trainer.reset_optimizer(self.params["stage2_lr"])
+            context.reset_optimizer(self.params["stage2_lr"])
         labelled = sum(int((lab != IGNORE).sum()) for lab in labels.values())
         total = sum(lab.size for lab in labels.values())
         foreground = sum(int(((lab != IGNORE) & (lab > 0)).sum()) for lab in labels.values())
-        trainer.log(f"DMSPS stage 2: pseudo-labels for {counted(len(labels), 'volume')}, "
+        context.log(f"DMSPS stage 2: pseudo-labels for {counted(len(labels), 'volume')}, "
                     f"{labelled / max(total, 1):.1%} labelled, {foreground / max(total, 1):.1%} foreground")
 
-    def _apply_labels(self, trainer: Trainer) -> None:
-        for case, volume in trainer.volumes.items():
+    def _apply_labels(self, context: TrainingContext) -> None:
+        for case in context.cases:
             if case not in self.labels:
                 raise RuntimeError(f"DMSPS stage-2 labels lack training case '{case}'")
-            if self.labels[case].shape != volume.target.shape:
-                raise RuntimeError(f"DMSPS stage-2 labels of '{case}' have shape {self.labels[case].shape}, "
-                                   f"the volume {volume.target.shape}")
-            volume.target = self.labels[case]
+            context.replace_target(case, self.labels[case])
 
-    def setup(self, trainer: Trainer) -> None:
+    def setup(self, context: TrainingContext) -> None:
         """After a resume into stage 2 the engine reloads the scribbles: put the pseudo-labels back."""
         if self.stage == 2:
-            self._apply_labels(trainer)
+            self._apply_labels(context)
 
     def state_dict(self) -> dict[str, Any]:
         return {"stage": self.stage, "labels": {case: _pack(lab) for case, lab in self.labels.items()}}

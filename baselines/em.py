@@ -8,8 +8,9 @@ import torch
 from torch import nn
 
 from baselines.regularizers import check_schedule, normalized_entropy, ramp_weight
-from cmfnet.losses import partial_ce
-from cmfnet.method import Batch, Card, Method, StepInfo
+from cmfnet.training.losses import partial_ce
+from cmfnet.training.cards import Card
+from cmfnet.training.contract import Batch, Method, StepInfo
 
 
 class EntropyMinimization(Method):

@@ -9,8 +9,9 @@ from torch import nn
 
 from baselines.regularizers import check_schedule, mumford_shah_loss, ramp_weight
 from cmfnet.errors import InputError
-from cmfnet.losses import partial_ce
-from cmfnet.method import Batch, Card, Method, StepInfo
+from cmfnet.training.losses import partial_ce
+from cmfnet.training.cards import Card
+from cmfnet.training.contract import Batch, Method, StepInfo
 
 
 class MumfordShah(Method):

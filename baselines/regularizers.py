@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from cmfnet.errors import InputError
-from cmfnet.losses import sigmoid_rampup
-from cmfnet.method import Card
+from cmfnet.training.losses import sigmoid_rampup
+from cmfnet.training.cards import Card
 
 
 # -- schedules -------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """S2L, Scribble2Label (Lee & Jeong, MICCAI 2020): pseudo-labels from a per-voxel EMA of predictions.
 
 Every ``period`` iterations the whole training set is re-predicted through
-``trainer.predict_probabilities`` (eval mode, no grad: WSL4MIS updates in train mode with
+``TrainingContext.predict`` (eval mode, no grad: WSL4MIS updates in train mode with
 batch 1, which overwrites BatchNorm statistics and keeps dropout on) and each voxel keeps
 w <- a p + (1 - a) w, starting from 0. After ``warmup`` iterations an unscribbled voxel whose
 averaged probability for some class exceeds ``threshold`` is a pseudo-label of that class.
@@ -14,7 +14,7 @@ they take 2 K / prod(stride) bytes per voxel, K/4 bytes with the default stride 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,12 +23,12 @@ from torch import nn
 
 from baselines.regularizers import check_schedule, schedule_iterations
 from cmfnet.errors import InputError
-from cmfnet.io import IGNORE
-from cmfnet.losses import partial_ce
-from cmfnet.method import Batch, Card, Method, StepInfo, counted
+from cmfnet.data.io import IGNORE
+from cmfnet.training.losses import partial_ce
+from cmfnet.data.io import counted
+from cmfnet.training.cards import Card
+from cmfnet.training.contract import Batch, Method, StepInfo, TrainingContext
 
-if TYPE_CHECKING:
-    from cmfnet.engine import Trainer
 
 
 def downsample(probs: torch.Tensor, stride: Sequence[int]) -> torch.Tensor:
@@ -89,16 +89,16 @@ class Scribble2Label(Method):
         self.updates = 0
 
     # -- state ---------------------------------------------------------------------------------
-    def setup(self, trainer: Trainer) -> None:
-        for case, volume in trainer.volumes.items():
-            shape = list(volume.image.shape[1:])
+    def setup(self, context: TrainingContext) -> None:
+        for case in context.cases:
+            shape = list(context.image(case).shape[1:])
             if case in self.maps and self.shapes.get(case) == shape:
                 continue  # restored by a resume
             self.shapes[case] = shape
-            self.maps[case] = torch.zeros((trainer.num_classes, *grid_shape(shape, self.stride)),
+            self.maps[case] = torch.zeros((context.num_classes, *grid_shape(shape, self.stride)),
                                           dtype=torch.float16)
         size = sum(m.numel() * m.element_size() for m in self.maps.values())
-        trainer.log(f"S2L: float16 EMA maps on a /{'x'.join(map(str, self.stride))} grid, "
+        context.log(f"S2L: float16 EMA maps on a /{'x'.join(map(str, self.stride))} grid, "
                     f"{size / 2**20:.1f} MiB for {counted(len(self.maps), 'volume')}")
 
     def state_dict(self) -> dict[str, Any]:
@@ -111,16 +111,16 @@ class Scribble2Label(Method):
         self.updates = int(state.get("updates", 0))
 
     # -- EMA update ----------------------------------------------------------------------------
-    def after_step(self, trainer: Trainer, iteration: int) -> None:
-        period = max(1, schedule_iterations(self.params["period"], trainer.max_iterations))
+    def after_step(self, context: TrainingContext, iteration: int) -> None:
+        period = max(1, schedule_iterations(self.params["period"], context.max_iterations))
         if (iteration + 1) % period == 0:
-            self.update_averages(trainer)
+            self.update_averages(context)
 
-    def update_averages(self, trainer: Trainer) -> None:
+    def update_averages(self, context: TrainingContext) -> None:
         """w <- a p + (1 - a) w for every training volume, p from the eval-mode sliding window."""
         alpha = float(self.params["alpha"])
-        for case, volume in trainer.volumes.items():
-            probs = trainer.predict_probabilities(volume.image)
+        for case in context.cases:
+            probs = context.predict(case)
             current = self.maps[case].float()
             current.mul_(1.0 - alpha).add_(downsample(probs.float(), self.stride), alpha=alpha)
             self.maps[case] = current.to(torch.float16)

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from baselines.regularizers import soft_contour_length
-from cmfnet.losses import partial_ce
-from cmfnet.method import Batch, Method, StepInfo
+from cmfnet.training.losses import partial_ce
+from cmfnet.training.contract import Batch, Method, StepInfo
 
 
 class TotalVariation(Method):

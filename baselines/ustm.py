@@ -16,8 +16,9 @@ from torch import nn
 
 from baselines.regularizers import check_schedule, entropy_of_probabilities, ramp_weight, schedule_iterations
 from cmfnet.errors import InputError
-from cmfnet.losses import partial_ce, sigmoid_rampup
-from cmfnet.method import Batch, Card, Method, StepInfo
+from cmfnet.training.losses import partial_ce, sigmoid_rampup
+from cmfnet.training.cards import Card
+from cmfnet.training.contract import Batch, Method, StepInfo
 
 AXIAL = (3, 4)  # (y, x) of a (B, C, z, y, x) tensor: rot90 there keeps the patch shape (y == x)
 

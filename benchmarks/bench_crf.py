@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from cmfnet.losses.crf import multiview_crf_loss
+from cmfnet.training.losses.crf import multiview_crf_loss
 
 SPACING = (3.0, 1.27, 1.27)  # NPC CT, (z, y, x) mm
 GIB = 1024 ** 3

@@ -1,4 +1,4 @@
-"""Time cmfnet.metrics.evaluate_case against a plain medpy loop on synthetic cases.
+"""Time cmfnet.evaluation.metrics.evaluate_case against a plain medpy loop on synthetic cases.
 
 Run: ``python benchmarks/bench_metrics.py [--cases 3] [--shape 64 256 256]``. Prints seconds per
 case for both and the largest absolute difference over every metric. Images are in memory, so
@@ -18,7 +18,7 @@ import numpy as np
 from medpy.metric import binary as medpy_binary
 from scipy import ndimage
 
-from cmfnet.metrics import evaluate_case
+from cmfnet.evaluation.metrics import evaluate_case
 
 SPACING = (3.0, 1.27, 1.27)
 CLASSES = {1: "tumour", 2: "node", 3: "organ"}

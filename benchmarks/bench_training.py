@@ -36,9 +36,10 @@ TABLE1 = ["fullysup", "pce", "dmsps", "em", "tv", "ms", "ustm", "s2l", "cmfnet_a
 
 def run_one(method: str, setting: str, iterations: int, dataset: Path, device: str,
             threads: int | None, warmup: int) -> dict[str, object]:
-    from cmfnet.engine import Trainer, TrainConfig
-    from cmfnet.io import Dataset
-    from cmfnet.cards import card_path_for_id, load_card
+    from cmfnet.training.engine import Trainer
+    from cmfnet.training.config import TrainConfig
+    from cmfnet.data.dataset import Dataset
+    from cmfnet.training.cards import card_path_for_id, load_card
 
     if threads:
         torch.set_num_threads(threads)
@@ -77,8 +78,8 @@ def main() -> None:
         print(json.dumps(run_one(args.one[0], args.one[1], args.iterations, args.dataset, args.device,
                                  args.threads, args.warmup)))
         return
-    from cmfnet.scribbles import make_scribbles
-    from cmfnet.synth import synthesize
+    from cmfnet.data.scribbles import make_scribbles
+    from cmfnet.data.synth import synthesize
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

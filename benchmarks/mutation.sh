@@ -2,8 +2,8 @@
 # Mutation testing with mutmut (pinned in the `test` extra), configured in pyproject.toml.
 #
 #   benchmarks/mutation.sh                                   # the stated subset (below), ~40 min on 2 cores
-#   benchmarks/mutation.sh cmfnet/metrics.py cmfnet/engine.py  # any of the configured core modules
-#   ALL=1 benchmarks/mutation.sh                             # all nine core modules (several hours)
+#   benchmarks/mutation.sh cmfnet/evaluation/metrics.py cmfnet/training/engine.py  # any of the configured core modules
+#   ALL=1 benchmarks/mutation.sh                             # every configured core module (several hours)
 #
 # Runs on a copy of the working tree (tracked and untracked, not ignored, files) in a temporary
 # folder, so mutmut's mutants/ never lands in the repository; at low CPU priority; with the
@@ -15,7 +15,7 @@ set -euo pipefail
 
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 # Stated subset: modules nobody else edits often and whose tests are fast (docs/testing.md).
-SUBSET=(cmfnet/normalize.py cmfnet/splits.py cmfnet/tables.py)
+SUBSET=(cmfnet/data/normalize.py cmfnet/data/splits.py cmfnet/evaluation/tables.py)
 if [[ $# -gt 0 ]]; then
     MODULES=("$@")
 elif [[ "${ALL:-0}" == 1 ]]; then

@@ -1,7 +1,8 @@
 """The ``cmfnet`` command. Every pipeline step is one subcommand a user can also run by hand.
 
-Each module that owns a subcommand exposes ``add_parser(subparsers)``, which registers the command
-and sets ``func`` (``args -> exit code``). Bad input raises :class:`cmfnet.errors.InputError`,
+Each module that owns a subcommand sits in the package of its stage (data, training, evaluation)
+and exposes ``add_parser(subparsers)``, which registers the command with ``func=run``
+(``run(args) -> exit code``). Bad input raises :class:`cmfnet.errors.InputError`,
 which is printed here as one line and exits with code 2.
 """
 
@@ -19,14 +20,14 @@ from cmfnet.errors import InputError
 
 # subcommand -> the module that owns it, in the order the pipeline uses them
 COMMANDS = {
-    "synth": "cmfnet.synth",
-    "scribble": "cmfnet.scribbles",
-    "import": "cmfnet.importers",
-    "validate": "cmfnet.validate",
-    "train": "cmfnet.engine",
-    "predict": "cmfnet.inference",
-    "evaluate": "cmfnet.metrics",
-    "tables": "cmfnet.tables",
+    "synth": "cmfnet.data.synth",
+    "scribble": "cmfnet.data.scribbles",
+    "import": "cmfnet.data.importers",
+    "validate": "cmfnet.data.validate",
+    "train": "cmfnet.training.train",
+    "predict": "cmfnet.evaluation.predict",
+    "evaluate": "cmfnet.evaluation.evaluate",
+    "tables": "cmfnet.evaluation.tables",
 }
 
 

@@ -32,10 +32,10 @@ from typing import Any
 
 import yaml
 
-from cmfnet.engine import resolve_train_config
+from cmfnet.training.config import resolve_train_config
 from cmfnet.errors import InputError
-from cmfnet.cards import Card, card_path_for_id, load_card, training_id, variant_overrides
-from cmfnet.method import load_method
+from cmfnet.training.cards import Card, card_path_for_id, load_card, training_id, variant_overrides
+from cmfnet.training.plugins import load_method
 
 #: a row's labels: they name a row and never change what it trains or predicts
 LABEL_KEYS = frozenset({"id", "name", "table"})
@@ -96,7 +96,7 @@ def plugin_sources(card: Card) -> list[Path]:
 
     ``baselines.em`` gives ``baselines/em.py`` and ``baselines/regularizers.py``; a ``.py``
     plugin next to a card gives that file. Modules of the shared ``cmfnet`` package are never
-    listed (``cmfnet.hybrid`` gives only ``cmfnet/hybrid.py``): they are the protocol.
+    listed (``baselines.cmfnet`` gives only ``baselines/cmfnet.py``): they are the protocol.
     """
     if card.plugin.endswith(".py"):
         file = (card.path.parent / card.plugin).resolve()

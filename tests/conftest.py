@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from cmfnet.io import IGNORE, Geometry, make_dataset_json, write_image, write_json
-from cmfnet.splits import kfold_splits
+from cmfnet.data.io import IGNORE, Geometry, write_image, write_json
+from cmfnet.data.dataset import make_dataset_json
+from cmfnet.data.splits import kfold_splits
 
 SHAPE = (16, 32, 32)
 SPACING = (3.0, 1.25, 1.25)

@@ -1,8 +1,8 @@
 """The compared baselines: what makes each method itself, on tiny networks and patches.
 
-Loss terms are checked on hand-made batches (plugins' setup against a small fake trainer); S2L's
-and DMSPS's hooks (EMA updates, stage 2, resume after a kill) run in the real engine on the tiny
-fixture dataset.
+Loss terms are checked on hand-made batches (plugins' setup against a real ``TrainingContext``
+built from hand-made volumes); S2L's and DMSPS's hooks (EMA updates, stage 2, resume after a kill)
+run in the real engine on the tiny fixture dataset.
 """
 
 from __future__ import annotations
@@ -16,25 +16,31 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from scipy import ndimage
 from torch import nn
 
-from baselines.dmsps import DualDecoderVNet, mixed_soft_label, stage2_labels
+from baselines.dmsps import mixed_soft_label, stage2_labels
 from baselines.regularizers import (entropy_of_probabilities, mumford_shah_loss, normalized_entropy,
                                     soft_contour_length)
 from baselines.s2l import crop_grid, downsample
 from baselines.ustm import masked_consistency, teacher_statistics, uncertainty_threshold
-from cmfnet.engine import Trainer, TrainConfig
+from cmfnet.training.engine import Trainer
+from cmfnet.training.config import TrainConfig
 from cmfnet.errors import InputError
-from cmfnet.io import IGNORE, Dataset
-from cmfnet.cards import load_card
-from cmfnet.method import Batch, Method, StepInfo, load_method
+from cmfnet.data.io import IGNORE, Geometry
+from cmfnet.data.dataset import Dataset
+from cmfnet.training.cards import load_card
+from cmfnet.training.contract import Batch, Method, StepInfo, TrainingContext
+from cmfnet.training.networks.vnet import DualDecoderVNet
+from cmfnet.training.plugins import load_method
+from cmfnet.training.sampling import TrainVolume
+from conftest import SPACING
 
 METHODS = Path(__file__).resolve().parents[1] / "methods"
 TABLE_NAMES = {"pce": "pCE", "fullysup": "FullySup", "em": "EM", "tv": "TV", "ms": "MS",
                "ustm": "USTM", "s2l": "S2L", "dmsps": "DMSPS"}
 REFERENCE_VNET = {"arch": "vnet", "width": 16, "n_convs": [1, 2, 3, 3, 3], "downsamplings": 4, "dropout": 0.5}
 PATCH = (16, 16, 16)
+PATCH_SPACING = (3.0, 1.25, 1.25)
 
 
 def tiny_method(stem: str, *overrides: str) -> Method:
@@ -54,49 +60,48 @@ def make_batch(channels: int = 2, batch: int = 2, target: torch.Tensor | None = 
     image = torch.randn((batch, channels, *PATCH), generator=generator)
     target = scribble_target(batch) if target is None else target
     boxes = [(slice(0, PATCH[0]), slice(0, PATCH[1]), slice(0, PATCH[2]))] * batch
-    return Batch(image=image, target=target, case_ids=[f"case_{i}" for i in range(batch)], boxes=boxes)
+    return Batch(image=image, target=target, case_ids=[f"case_{i}" for i in range(batch)], boxes=boxes,
+                 spacing=[PATCH_SPACING] * batch)
 
 
-class FakeTrainer:
-    """The attributes of the engine's Trainer that plugins may use, without the engine."""
+def train_volume(image: np.ndarray, target: np.ndarray) -> TrainVolume:
+    return TrainVolume(np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(target, dtype=np.uint8),
+                       Geometry.default(target.shape, PATCH_SPACING))
 
-    def __init__(self, method: Method, model: nn.Module, volumes: dict[str, SimpleNamespace],
-                 num_classes: int, max_iterations: int = 100) -> None:
-        self.method, self.model, self.volumes = method, model, volumes
-        self.num_classes, self.max_iterations = num_classes, max_iterations
-        self.teacher, self.device, self.optimizer = None, torch.device("cpu"), None
-        self.rng = np.random.default_rng(0)
-        self.messages: list[str] = []
-        self.optimizer_resets: list[float | None] = []
 
-    def predict_probabilities(self, image: np.ndarray, model: nn.Module | None = None) -> torch.Tensor:
+def make_context(method: Method, model: nn.Module, volumes: dict[str, TrainVolume], num_classes: int,
+                 max_iterations: int = 100) -> tuple[TrainingContext, SimpleNamespace]:
+    """A real TrainingContext over two-channel ``volumes``, without the engine, and a record of what
+    it was asked: log lines and optimiser resets."""
+    record = SimpleNamespace(messages=[], optimizer_resets=[])
+
+    def predict(case: str) -> torch.Tensor:
         """Like the engine: eval mode, no grad, training mode restored (one window: tiny volumes)."""
-        model = model or self.model
         was_training = model.training
         model.eval()
         try:
             with torch.no_grad():
-                logits = self.method.logits(model, torch.from_numpy(image)[None])
+                logits = method.logits(model, torch.from_numpy(volumes[case].image)[None])
                 return torch.softmax(logits, dim=1)[0].float().cpu()
         finally:
             model.train(was_training)
 
-    def reset_optimizer(self, lr: float | None = None) -> None:
-        self.optimizer_resets.append(lr)
+    def replace_target(case: str, target: np.ndarray) -> None:
+        volumes[case].target = target
 
-    def log(self, message: str) -> None:
-        self.messages.append(message)
+    context = TrainingContext(max_iterations=max_iterations, num_classes=num_classes,
+                              channel_names=["CT", "MR"],
+                              volumes=volumes, replace_target=replace_target, predict=predict,
+                              reset_optimizer=record.optimizer_resets.append, log=record.messages.append)
+    return context, record
 
 
 def make_volumes(n: int = 2, channels: int = 2, shape: tuple[int, int, int] = PATCH,
-                 seed: int = 0) -> dict[str, SimpleNamespace]:
+                 seed: int = 0) -> dict[str, TrainVolume]:
     rng = np.random.default_rng(seed)
-    volumes = {}
-    for i in range(n):
-        target = scribble_target(1, shape)[0].numpy().astype(np.uint8)
-        volumes[f"case_{i}"] = SimpleNamespace(image=rng.normal(size=(channels, *shape)).astype(np.float32),
-                                               target=target, geometry=None)
-    return volumes
+    return {f"case_{i}": train_volume(rng.normal(size=(channels, *shape)),
+                                      scribble_target(1, shape)[0].numpy().astype(np.uint8))
+            for i in range(n)}
 
 
 # -- cards -----------------------------------------------------------------------------------------
@@ -105,8 +110,9 @@ def test_cards_follow_the_common_protocol(stem: str) -> None:
     card = load_card(METHODS / f"{stem}.yaml")
     method = load_method(card)
     assert card.name == TABLE_NAMES[stem]
-    assert method.name == stem
-    assert card.network == REFERENCE_VNET
+    # FullySup is pCE's plugin on dense masks; DMSPS's dual-decoder V-Net keeps the reference layout
+    assert method.name == ("pce" if stem == "fullysup" else stem)
+    assert card.network == ({**REFERENCE_VNET, "arch": "vnet_dual_decoder"} if stem == "dmsps" else REFERENCE_VNET)
     assert card.channels is None, "input-level fusion: CT and MR stacked as channels"
     assert card.train == {}, "baselines train with the preset's block"
     assert card.supervision == ("mask" if stem == "fullysup" else "scribble")
@@ -133,8 +139,9 @@ def test_every_plugin_loss_backpropagates(stem: str) -> None:
     if stem == "fullysup":
         batch.target = torch.randint(0, 3, batch.target.shape)
     if stem == "s2l":  # after the warm-up, with maps confident enough to give pseudo-labels
-        method.setup(FakeTrainer(method, model, {c: SimpleNamespace(image=batch.image[i].numpy(), target=None)
-                                                 for i, c in enumerate(batch.case_ids)}, 3))
+        volumes = {c: train_volume(batch.image[i].numpy(), batch.target[i].numpy())
+                   for i, c in enumerate(batch.case_ids)}
+        method.setup(make_context(method, model, volumes, 3)[0])
         for grid in method.maps.values():
             grid[2] = 0.9
     teacher = copy.deepcopy(model) if method.teacher_decay else None
@@ -274,7 +281,7 @@ def test_ms_plugin_scores_its_prediction_on_the_input_image() -> None:
     image, aligned, shifted = two_region_case()
     method = tiny_method("ms", "params.beta=0.0")
     batch = Batch(image=image, target=torch.full((1, 8, 8, 8), IGNORE), case_ids=["a"],
-                  boxes=[(slice(0, 8),) * 3])
+                  boxes=[(slice(0, 8),) * 3], spacing=[PATCH_SPACING])
     _, exact = method.loss(FixedLogits(40.0 * aligned), batch, StepInfo(0, 10))
     _, wrong = method.loss(FixedLogits(40.0 * shifted), batch, StepInfo(0, 10))
     assert exact["ms"] == pytest.approx(0.0, abs=1e-6)
@@ -354,9 +361,10 @@ def test_ustm_uncertainty_comes_from_stochastic_teacher_passes() -> None:
 def s2l_with_maps(stride: int = 1, classes: int = 3, *overrides: str):
     method = tiny_method("s2l", f"params.ema_stride={stride}", *overrides)
     model = method.build_network(2, classes)
-    trainer = FakeTrainer(method, model, make_volumes(2), classes)
-    method.setup(trainer)
-    return method, model, trainer
+    context, record = make_context(method, model, make_volumes(2), classes)
+    method.setup(context)
+    assert len(record.messages) == 1 and "S2L" in record.messages[0]
+    return method, model, context
 
 
 def test_s2l_pseudo_labels_only_after_warmup() -> None:
@@ -412,14 +420,60 @@ def fit_killed_after(trainer: Trainer, iteration: int, monkeypatch: pytest.Monke
     """Run the plugin's hook, then die as a kill would, right after ``iteration``."""
     hook = trainer.method.after_step
 
-    def hook_then_die(trainer: Trainer, it: int) -> None:
-        hook(trainer, it)
+    def hook_then_die(context: TrainingContext, it: int) -> None:
+        hook(context, it)
         if it == iteration:
             raise KeyboardInterrupt
 
     monkeypatch.setattr(trainer.method, "after_step", hook_then_die)
     with pytest.raises(KeyboardInterrupt):
         trainer.fit()
+
+
+def test_plugin_hooks_receive_a_training_context_not_the_engine(tmp_path: Path, tiny_dataset: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """setup and after_step get the run's TrainingContext, never the Trainer; it shows the engine's
+    training volumes read-only, and each batch carries its case's spacing from the image header."""
+    trainer = engine_trainer(tmp_path, tiny_dataset, "pce", iterations=3)
+    method = trainer.method
+    calls: list[tuple[str, object, int | None]] = []
+    spacings: list[list[tuple[float, float, float]]] = []
+    setup, after_step, loss = method.setup, method.after_step, method.loss
+
+    def recorded_setup(context: TrainingContext) -> None:
+        calls.append(("setup", context, None))
+        setup(context)
+
+    def recorded_after_step(context: TrainingContext, iteration: int) -> None:
+        calls.append(("after_step", context, iteration))
+        after_step(context, iteration)
+
+    def recorded_loss(model: nn.Module, batch: Batch, step: StepInfo) -> tuple[torch.Tensor, dict[str, float]]:
+        spacings.append(list(batch.spacing))
+        return loss(model, batch, step)
+
+    monkeypatch.setattr(method, "setup", recorded_setup)
+    monkeypatch.setattr(method, "after_step", recorded_after_step)
+    monkeypatch.setattr(method, "loss", recorded_loss)
+    trainer.fit()
+    assert [(hook, it) for hook, _, it in calls] == [("setup", None), ("after_step", 0), ("after_step", 1),
+                                                     ("after_step", 2)]
+    for _, context, _ in calls:
+        assert type(context) is TrainingContext and not isinstance(context, Trainer)
+        assert not any(hasattr(context, name) for name in ("model", "optimizer", "volumes", "sampler",
+                                                            "method", "teacher", "config", "dataset"))
+    context = calls[0][1]
+    assert isinstance(context, TrainingContext)
+    assert (context.max_iterations, context.num_classes, context.channel_names) == (3, 2, ["CT", "MR"])
+    assert context.cases == trainer.train_cases
+    for case in context.cases:
+        image, target = context.image(case), context.target(case)
+        assert np.array_equal(image, trainer.volumes[case].image)
+        assert np.array_equal(target, trainer.volumes[case].target)
+        assert not image.flags.writeable and not target.flags.writeable
+        with pytest.raises(ValueError):
+            target[0, 0, 0] = 1
+    assert spacings == [[SPACING]] * 3, "batch_size 1: one spacing per patch, from its case's header"
 
 
 def test_s2l_in_the_engine_averages_eval_mode_predictions_every_period(tmp_path: Path, tiny_dataset: Path,
@@ -440,11 +494,11 @@ def test_s2l_in_the_engine_averages_eval_mode_predictions_every_period(tmp_path:
     monkeypatch.setattr(trainer, "predict_probabilities", recorded)
     hook, modes, update_iterations = method.after_step, [], []
 
-    def checked(trainer: Trainer, iteration: int) -> None:
+    def checked(context: TrainingContext, iteration: int) -> None:
         statistics = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
         handle = model.register_forward_pre_hook(lambda module, args: modes.append(module.training))
         updates = method.updates
-        hook(trainer, iteration)
+        hook(context, iteration)
         handle.remove()
         if method.updates != updates:
             update_iterations.append(iteration)
@@ -473,7 +527,7 @@ def test_s2l_maps_survive_a_kill_and_resume_in_the_engine(tmp_path: Path, tiny_d
     resumed = engine_trainer(tmp_path, tiny_dataset, "s2l", *overrides, out="killed")
     updates: list[int] = []
     hook = resumed.method.after_step
-    monkeypatch.setattr(resumed.method, "after_step", lambda t, it: (updates.append(it), hook(t, it)))
+    monkeypatch.setattr(resumed.method, "after_step", lambda context, it: (updates.append(it), hook(context, it)))
     resumed.fit()
     assert updates == [4, 5, 6, 7], "the resume starts after the last checkpoint (iteration 4)"
     assert resumed.method.updates == full.method.updates == 4
@@ -499,6 +553,10 @@ def test_dmsps_network_and_loss_follow_the_reference_form() -> None:
     model = method.build_network(2, 3)
     assert isinstance(model, DualDecoderVNet) and model.size_divisor == 16
     assert model.encoder.widths[0] == 2 and len(model.encoder.widths) == 5
+    assert model.feature_dropout.p == 0.5, "DMSPS's Dropout(0.5) on the auxiliary decoder's features"
+    assert tiny_method("dmsps", "network.aux_feature_dropout=0.2").build_network(2, 3).feature_dropout.p == 0.2
+    with pytest.raises(InputError, match="unknown params.*aux_feature_dropout"):
+        tiny_method("dmsps", "params.aux_feature_dropout=0.2")  # a network option now, not a param
     model.eval()  # deterministic decoders, to recompute the loss by hand
     batch = make_batch()
     assert torch.equal(method.logits(model, batch.image), model.both(batch.image)[0])
@@ -556,10 +614,11 @@ def test_dmsps_in_the_engine_switches_to_stage2_once_and_trains_on_its_labels(
     expected: dict[str, np.ndarray] = {}
     start = method.start_stage2
 
-    def start_checked(trainer: Trainer) -> None:
-        scribbles.update({c: v.target.copy() for c, v in trainer.volumes.items()})
+    def start_checked(context: TrainingContext) -> None:
+        assert isinstance(context, TrainingContext)
+        scribbles.update({c: v.target.copy() for c, v in trainer.volumes.items()})  # the engine's targets
         state = copy.deepcopy(model.state_dict())
-        start(trainer)
+        start(context)
         reference = copy.deepcopy(model)
         reference.load_state_dict(state)
         reference.eval()
@@ -603,14 +662,15 @@ def test_dmsps_resumed_in_stage2_keeps_its_labels_and_does_not_restart_it(
     resumed = engine_trainer(tmp_path, tiny_dataset, "dmsps", *overrides, out="killed")
     starts: list[int] = []
     start = resumed.method.start_stage2
-    monkeypatch.setattr(resumed.method, "start_stage2", lambda t: (starts.append(t.iteration), start(t)))
+    monkeypatch.setattr(resumed.method, "start_stage2",
+                        lambda context: (starts.append(resumed.iteration), start(context)))
     seen: list[dict[str, np.ndarray]] = []
     hook = resumed.method.after_step
 
-    def first_step(trainer: Trainer, iteration: int) -> None:
+    def first_step(context: TrainingContext, iteration: int) -> None:
         if not seen:
-            seen.append({c: v.target.copy() for c, v in trainer.volumes.items()})
-        hook(trainer, iteration)
+            seen.append({c: v.target.copy() for c, v in resumed.volumes.items()})  # what the engine trains on
+        hook(context, iteration)
 
     monkeypatch.setattr(resumed.method, "after_step", first_step)
     resumed.fit()

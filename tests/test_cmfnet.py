@@ -10,11 +10,12 @@ import torch
 import torch.nn.functional as F
 
 from cmfnet.errors import InputError
-from cmfnet.cards import card_path_for_id, load_card, method_ids
-from cmfnet.losses.crf import multiview_crf_loss
-from cmfnet.method import Batch, StepInfo, load_method
-from cmfnet.networks import build_network, count_parameters
-from cmfnet.networks.cmfnet import CmFNet
+from cmfnet.training.cards import card_path_for_id, load_card, method_ids
+from cmfnet.training.losses.crf import multiview_crf_loss
+from cmfnet.training.contract import Batch, StepInfo
+from cmfnet.training.plugins import load_method
+from cmfnet.training.networks import build_network, count_parameters
+from cmfnet.training.networks.cmfnet import CmFNet
 
 METHODS = Path(__file__).resolve().parents[1] / "methods"
 CONVS = (3, 4, 5, 6)
@@ -132,16 +133,27 @@ def tiny_method(*overrides: str, card: str = "cmfnet.yaml"):  # noqa: ANN201 - a
     return load_method(load_card(METHODS / card, ["network.width=2", *overrides]))
 
 
-def scribble_batch(channels: int = 2, seed: int = 0) -> Batch:
+SPACING = (3.0, 1.25, 1.25)
+
+
+def scribble_batch(channels: int = 2, seed: int = 0,
+                   spacing: list[tuple[float, float, float]] | None = None) -> Batch:
     generator = torch.Generator().manual_seed(seed)
     image = torch.randn(2, channels, 16, 16, 16, generator=generator)
     target = torch.full((2, 16, 16, 16), 255, dtype=torch.long)
     target[:, 8, 8, 2:14] = 1
     target[:, 8, 1, 2:14] = 0
-    return Batch(image=image, target=target, case_ids=["a", "b"], boxes=[(slice(0, 16),) * 3] * 2)
+    return Batch(image=image, target=target, case_ids=["a", "b"], boxes=[(slice(0, 16),) * 3] * 2,
+                 spacing=[SPACING] * 2 if spacing is None else spacing)
 
 
-STEP = StepInfo(0, 10, extras={"spacing": (3.0, 1.25, 1.25)})
+def sample(batch: Batch, i: int) -> Batch:
+    """Sample ``i`` of a batch as a batch of one."""
+    return Batch(image=batch.image[i:i + 1], target=batch.target[i:i + 1], case_ids=[batch.case_ids[i]],
+                 boxes=[batch.boxes[i]], spacing=[batch.spacing[i]])
+
+
+STEP = StepInfo(0, 10)
 
 
 def gradients(model: torch.nn.Module, part: str) -> dict[str, float]:
@@ -199,7 +211,7 @@ def test_loss_terms_recomputed_from_the_heads_sum_to_the_loss() -> None:
         probs = {k: torch.softmax(v, 1) for k, v in out.items()}
 
         def crf(channel: int) -> float:
-            return float(multiview_crf_loss(out["y_mm"], batch.image[:, [channel]], STEP.extras["spacing"],
+            return float(multiview_crf_loss(out["y_mm"], batch.image[:, [channel]], batch.spacing,
                                             p["crf_downsample"], p["crf_radius"], p["crf_sigma_xy_mm"],
                                             p["crf_sigma_intensity"])[0])
 
@@ -303,22 +315,54 @@ def test_logits_return_the_requested_head() -> None:
         vnet_method.logits(vnet_method.build_network(1, 2).eval(), x[:, :1])
 
 
-def test_spacing_falls_back_to_the_param_and_is_required() -> None:
+def test_crf_uses_the_batch_spacing_in_mm() -> None:
+    """The CRF reads each patch's spacing from Batch.spacing: the same voxels at another spacing give
+    another loss, and the loss is the CRF of the batch's own spacing."""
     torch.manual_seed(0)
-    no_spacing = StepInfo(0, 10)
-    method = tiny_method()
-    with pytest.raises(InputError, match="spacing"):
-        method.loss(method.build_network(2, 2), scribble_batch(), no_spacing)
-    fallback = tiny_method("params.spacing=[3.0, 1.25, 1.25]")
-    model = fallback.build_network(2, 2).eval()
-    _, from_param = fallback.loss(model, scribble_batch(), no_spacing)
-    _, from_engine = fallback.loss(model, scribble_batch(), STEP)
-    assert from_param["imr_ct"] == pytest.approx(from_engine["imr_ct"])
+    method = tiny_method("params.use_ssl=false", "params.use_imc=false")
+    model = method.build_network(2, 2).eval()
+    p = method.params
+    fine = scribble_batch(spacing=[(1.0, 1.0, 1.0)] * 2)
+    _, at_header = method.loss(model, scribble_batch(), STEP)
+    _, at_fine = method.loss(model, fine, STEP)
+    with torch.no_grad():
+        y_mm = model(fine.image)["y_mm"]
+        expected = multiview_crf_loss(y_mm, fine.image, [SPACING] * 2, p["crf_downsample"], p["crf_radius"],
+                                      p["crf_sigma_xy_mm"], p["crf_sigma_intensity"])
+    assert at_header["imr_ct"] == pytest.approx(p["lambda_ct"] * float(expected[0]), rel=1e-5)
+    assert at_header["imr_mr"] == pytest.approx(p["lambda_mr"] * float(expected[1]), rel=1e-5)
+    # closer voxels in mm weigh more in the Gaussian kernel: a finer grid gives a larger pairwise term
+    assert at_fine["imr_ct"] > 1.05 * at_header["imr_ct"]
+    assert at_fine["imr_mr"] > 1.05 * at_header["imr_mr"]
+
+
+def test_two_spacings_in_one_batch_give_the_per_sample_result() -> None:
+    """A batch of patches from cases with different headers: each sample's CRF uses its own spacing,
+    so the batch's term is the mean of the samples' terms, each at its spacing."""
+    torch.manual_seed(0)
+    method = tiny_method("params.use_ssl=false", "params.use_imc=false")
+    model = method.build_network(2, 2).eval()  # no dropout, BatchNorm per sample: samples independent
+    mixed = scribble_batch(spacing=[SPACING, (1.0, 0.6, 0.6)])
+    _, together = method.loss(model, mixed, STEP)
+    alone = [method.loss(model, sample(mixed, i), STEP)[1] for i in range(2)]
+    _, first_for_both = method.loss(model, scribble_batch(spacing=[SPACING] * 2), STEP)
+    for term in ("imr_ct", "imr_mr"):
+        assert together[term] == pytest.approx(0.5 * (alone[0][term] + alone[1][term]), rel=1e-5)
+        assert together[term] != pytest.approx(first_for_both[term], rel=1e-2), "sample 1's own spacing counts"
+        assert alone[0][term] != pytest.approx(alone[1][term], rel=1e-2)
+
+
+def test_spacing_is_no_longer_a_param() -> None:
+    """The spacing comes from each case's header (Batch.spacing); params.spacing is refused in one line."""
+    with pytest.raises(InputError, match=r"unknown params for plugin 'cmfnet': \['spacing'\]") as err:
+        tiny_method("params.spacing=[3.0, 1.25, 1.25]")
+    assert "\n" not in str(err.value)
+    assert "spacing" not in tiny_method().params
 
 
 @pytest.mark.parametrize("override, message", [
     ("params.output=both", "params.output"), ("params.lambda_ct=-1", "lambda_ct"),
-    ("params.crf_downsample=[2, 2]", "crf_downsample"), ("params.spacing=[1, 1]", "spacing"),
+    ("params.crf_downsample=[2, 2]", "crf_downsample"), ("params.spacing=[1, 1]", "unknown params.*spacing"),
     ("params.unknown=1", "unknown params"),
 ])
 def test_bad_params_are_refused(override: str, message: str) -> None:

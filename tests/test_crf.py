@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cmfnet.losses.crf import VIEWS, gated_crf_loss, multiview_crf_loss
+from cmfnet.training.losses.crf import VIEWS, gated_crf_loss, multiview_crf_loss
 
 SHAPE = (3, 4, 5)  # (z, y, x)
 

@@ -1,4 +1,4 @@
-"""dataset.json has one schema (cmfnet/dataset.schema.json), checked in cmfnet.io for every reader:
+"""dataset.json has one schema (cmfnet/data/dataset.schema.json), checked in cmfnet.data.io for every reader:
 a wrong type is one line naming the file and the field, in `validate` (exit 2, its problem list)
 and in `train` and `scribble` (exit 2), before anything is written."""
 
@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from cmfnet import cli
-from cmfnet.io import Dataset, dataset_json_problems, read_json
+from cmfnet.data.io import read_json
+from cmfnet.data.dataset import Dataset, dataset_json_problems
 from cmfnet.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,4 +128,4 @@ def test_dataset_reports_the_first_problem_and_counts_the_rest(tiny_dataset):
 def test_schema_ships_inside_the_package():
     """A wheel must carry the schema file: pyproject.toml names it as package data."""
     assert "dataset.schema.json" in (REPO / "pyproject.toml").read_text()
-    assert (REPO / "cmfnet" / "dataset.schema.json").is_file()
+    assert (REPO / "cmfnet" / "data" / "dataset.schema.json").is_file()

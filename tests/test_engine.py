@@ -10,11 +10,16 @@ import pandas as pd
 import pytest
 import torch
 
-from cmfnet.engine import PatchSampler, TrainConfig, TrainedModel, Trainer, TrainVolume
+from cmfnet.training.contract import TrainingContext
+from cmfnet.training.engine import Trainer
+from cmfnet.training.model import TrainedModel
+from cmfnet.training.sampling import PatchSampler, TrainVolume
+from cmfnet.training.config import TrainConfig
 from cmfnet.errors import InputError
-from cmfnet.io import IGNORE, Dataset, Geometry
-from cmfnet.losses import partial_ce
-from cmfnet.cards import load_card
+from cmfnet.data.io import IGNORE, Geometry
+from cmfnet.data.dataset import Dataset
+from cmfnet.training.losses import partial_ce
+from cmfnet.training.cards import load_card
 
 FAST = {"iterations": 8, "batch_size": 1, "patch_size": [16, 32, 32], "val_interval": 4,
         "checkpoint_interval": 4, "log_interval": 4}
@@ -54,7 +59,7 @@ def test_sampler_patches_always_hold_labelled_voxels() -> None:
 
 def kill_after(monkeypatch: pytest.MonkeyPatch, trainer: Trainer, iteration: int) -> None:
     """Make ``trainer.fit()`` die (as a kill would) right after step ``iteration``."""
-    def die(trainer: Trainer, it: int) -> None:
+    def die(context: TrainingContext, it: int) -> None:
         if it == iteration:
             raise KeyboardInterrupt
 
@@ -133,7 +138,7 @@ def test_teacher_is_an_ema_of_the_student_from_iteration_zero(tmp_path: Path, ti
             p.add_(5.0)  # a teacher that skipped iteration 0's copy would keep this offset
     snapshots: list[tuple[int, list[torch.Tensor], list[torch.Tensor]]] = []
 
-    def record(trainer: Trainer, iteration: int) -> None:  # runs right after the teacher update
+    def record(context: TrainingContext, iteration: int) -> None:  # runs right after the teacher update
         snapshots.append((iteration, [p.detach().clone() for p in trainer.model.parameters()],
                           [p.detach().clone() for p in trainer.teacher.parameters()]))
 
@@ -238,7 +243,7 @@ def test_channel_selection_trains_on_one_modality(tmp_path: Path, tiny_dataset: 
 
 
 def test_kfold_refuses_folds_without_a_training_case() -> None:
-    from cmfnet.splits import check_splits, kfold_splits
+    from cmfnet.data.splits import check_splits, kfold_splits
 
     with pytest.raises(ValueError, match="too few"):
         kfold_splits(["a", "b", "c"], folds=2)
@@ -250,7 +255,7 @@ def test_kfold_refuses_folds_without_a_training_case() -> None:
 def test_atomic_writes_respect_the_umask(tmp_path: Path) -> None:
     import os
 
-    from cmfnet.io import atomic_dir, write_json
+    from cmfnet.data.io import atomic_dir, write_json
 
     write_json({"a": 1}, tmp_path / "x.json")
     with atomic_dir(tmp_path / "folder") as tmp:
@@ -263,7 +268,7 @@ def test_atomic_writes_respect_the_umask(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("downsamplings,n_convs", [(3, 3), (4, (1, 2, 3, 3, 3)), (4, 5)])
 def test_vnet_keeps_the_input_shape(downsamplings: int, n_convs: object) -> None:
-    from cmfnet.networks import build_network
+    from cmfnet.training.networks import build_network
 
     model = build_network({"arch": "vnet", "width": 2, "n_convs": n_convs, "downsamplings": downsamplings},
                           in_channels=2, num_classes=3)
@@ -277,7 +282,7 @@ def test_vnet_keeps_the_input_shape(downsamplings: int, n_convs: object) -> None
 def test_train_cli_rejects_bad_datasets_with_one_line(damage: str, tmp_path: Path, tiny_dataset: Path,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     from cmfnet.cli import main
-    from cmfnet.io import read_image, write_image
+    from cmfnet.data.io import read_image, write_image
 
     case = Dataset(tiny_dataset).split(0)["train"][0]
     image_1 = tiny_dataset / "imagesTr" / f"{case}_0001.nii.gz"

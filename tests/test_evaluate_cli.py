@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from cmfnet.cli import main
-from cmfnet.io import Dataset
+from cmfnet.data.dataset import Dataset
 
 
 def _predictions_of_every_case(dataset_dir: Path, out: Path) -> None:

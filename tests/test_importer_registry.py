@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import yaml
 
-from cmfnet import cli, importers
+from cmfnet import cli
+from cmfnet.data import importers
 
 ROOT = Path(__file__).resolve().parents[1]
 GUIDE = ROOT / "docs" / "adding-an-importer.md"
@@ -20,7 +21,7 @@ SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 
 def guide_module() -> types.ModuleType:
     """The guide's example importer (its first python block), as a module of its own."""
-    code = re.search(r"```python\n(# cmfnet/importers/npy\.py\n.*?)```", GUIDE.read_text(), re.S)
+    code = re.search(r"```python\n(# cmfnet/data/importers/npy\.py\n.*?)```", GUIDE.read_text(), re.S)
     assert code, f"{GUIDE} has no example module"
     module = types.ModuleType("npy_importer_from_the_guide")
     exec(compile(code.group(1), str(GUIDE), "exec"), module.__dict__)

@@ -16,11 +16,11 @@ import pytest
 import SimpleITK as sitk
 
 from cmfnet import cli
-from cmfnet.io import Geometry, read_image
-from cmfnet.preprocess import CaseVolumes, PreprocessConfig, preprocess_case
-from cmfnet.splits import kfold_splits
-from cmfnet.io import nifti_problem
-from cmfnet.validate import validate_dataset
+from cmfnet.data.io import Geometry, read_image
+from cmfnet.data.preprocess import CaseVolumes, PreprocessConfig, preprocess_case
+from cmfnet.data.splits import kfold_splits
+from cmfnet.data.io import nifti_problem
+from cmfnet.data.validate import validate_dataset
 
 # the real test volumes: shared/ beside the clone, or wherever CMFNET_REAL_DATA points
 REAL = Path(os.environ.get("CMFNET_REAL_DATA",
@@ -763,7 +763,7 @@ def test_register_warns_beyond_the_stated_bound(run, tmp_path, capsys):
 
 
 def test_register_logs_progress_off_a_terminal(run, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("cmfnet.preprocess.PROGRESS_SECONDS", 0.0)
+    monkeypatch.setattr("cmfnet.data.preprocess.PROGRESS_SECONDS", 0.0)
     assert run(*registration_pair(tmp_path, (4.0, -3.0, 2.0)), "--out", tmp_path / "npc") == 0
     lines = [line for line in capsys.readouterr().err.splitlines() if ", iteration " in line]
     assert len(lines) > 3 and all(line.startswith("register MR onto CT: level ") for line in lines)

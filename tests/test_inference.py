@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from cmfnet.inference import gaussian_importance, sliding_window_probabilities, window_starts
-from cmfnet.normalize import normalize_channel, normalize_image
+from cmfnet.training.sliding_window import gaussian_importance, sliding_window_probabilities, window_starts
+from cmfnet.data.normalize import normalize_channel, normalize_image
 
 
 @pytest.mark.parametrize("shape", [(5, 23, 37), (16, 32, 32), (33, 70, 41), (1, 1, 1)])

@@ -1,4 +1,4 @@
-"""cmfnet.io's write safety: atomic files and folders, the partials a killed write leaves, read_json's errors."""
+"""cmfnet.data.io's write safety: atomic files and folders, the partials a killed write leaves, read_json's errors."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cmfnet.errors import InputError
-from cmfnet.io import (atomic_dir, atomic_path, leftover_partials, read_json, recover_leftovers,
+from cmfnet.data.io import (atomic_dir, atomic_path, leftover_partials, read_json, recover_leftovers,
                        remove_leftover_partials, write_json)
 
 

@@ -8,9 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from cmfnet.engine import TrainConfig, TrainedModel, Trainer
-from cmfnet.io import Dataset
-from cmfnet.cards import card_path_for_id, load_card
+from cmfnet.training.contract import TrainingContext
+from cmfnet.training.engine import Trainer
+from cmfnet.training.model import TrainedModel
+from cmfnet.training.config import TrainConfig
+from cmfnet.data.dataset import Dataset
+from cmfnet.training.cards import card_path_for_id, load_card
 
 REPO = Path(__file__).resolve().parents[1]
 TABLE1 = ["fullysup", "pce", "dmsps", "em", "tv", "ms", "ustm", "s2l", "cmfnet_autobg", "cmfnet"]
@@ -35,7 +38,7 @@ def test_card_trains_and_predicts(method: str, tmp_path: Path, tiny_dataset: Pat
 
 def test_heads_are_rows_of_one_trained_model(tmp_path: Path, tiny_dataset: Path) -> None:
     from cmfnet.errors import InputError
-    from cmfnet.cards import method_ids, training_id
+    from cmfnet.training.cards import method_ids, training_id
 
     ids = method_ids(REPO / "methods" / "table5.yaml")
     assert len(ids) == 32 and "table5.ct3_mr4@ct" in ids and "table5.ct3_mr4@mr" in ids
@@ -61,8 +64,8 @@ def test_heads_are_rows_of_one_trained_model(tmp_path: Path, tiny_dataset: Path)
 
 def test_every_shipped_card_passes_the_value_checks() -> None:
     """The type and range checks of params and network options accept every card and variant we ship."""
-    from cmfnet.cards import method_ids
-    from cmfnet.method import load_method
+    from cmfnet.training.cards import method_ids
+    from cmfnet.training.plugins import load_method
 
     ids = [i for card in sorted((REPO / "methods").glob("*.yaml")) for i in method_ids(card)]
     for method_id in ids:
@@ -96,8 +99,8 @@ def test_plugin_state_survives_a_kill_through_the_real_engine(method: str, tmp_p
     killed = trainer("killed")
     after_step = killed.method.after_step
 
-    def die(trainer: Trainer, iteration: int) -> None:
-        after_step(trainer, iteration)
+    def die(context: TrainingContext, iteration: int) -> None:
+        after_step(context, iteration)
         if iteration == 5:
             raise KeyboardInterrupt
 
@@ -115,7 +118,7 @@ def test_plugin_state_survives_a_kill_through_the_real_engine(method: str, tmp_p
 
 FORMER_CMFNET_CARD = """\
 name: CmFNet
-plugin: cmfnet.hybrid
+plugin: baselines.cmfnet
 supervision: scribble
 scribble_variant: sim
 network: {arch: cmfnet, width: 16, ct_convs: 3, mr_convs: 4, mm_convs: 3, cfe: true, cff: true, dropout: 0.5}
@@ -132,7 +135,7 @@ def test_cmfnet_variant_cards_resolve_to_the_full_cards_they_replaced(stem: str,
     card key, and the params the plugin trains with."""
     import yaml
 
-    from cmfnet.method import load_method
+    from cmfnet.training.plugins import load_method
 
     former = tmp_path / f"{stem}.yaml"
     former.write_text(yaml.safe_dump({**yaml.safe_load(FORMER_CMFNET_CARD), **changes}))
@@ -142,7 +145,7 @@ def test_cmfnet_variant_cards_resolve_to_the_full_cards_they_replaced(stem: str,
 
 
 def test_any_card_may_extend_another_and_list_only_what_it_changes(tmp_path: Path) -> None:
-    from cmfnet.cards import method_ids
+    from cmfnet.training.cards import method_ids
     from cmfnet.errors import InputError
 
     (tmp_path / "base.yaml").write_text("name: Base\nplugin: baselines.em\nnetwork: {arch: vnet, width: 8}\n"
@@ -166,7 +169,7 @@ def test_any_card_may_extend_another_and_list_only_what_it_changes(tmp_path: Pat
 def test_card_keys_are_the_card_fields_and_round_trip() -> None:
     """to_dict, from_dict and the checks all come from the Card fields: a model.pt card (also one an
     older version wrote, with its `fusion` key) loads back to the same card."""
-    from cmfnet.cards import CARD_KEYS, Card
+    from cmfnet.training.cards import CARD_KEYS, Card
 
     card = load_card(REPO / "methods" / "table4.yaml", variant="ct3")
     stored = card.to_dict()

@@ -15,8 +15,10 @@ from scipy import ndimage
 import cmfnet
 from cmfnet import cli
 from cmfnet.errors import InputError
-from cmfnet.io import Geometry, make_dataset_json, write_image, write_json
-from cmfnet.metrics import evaluate_case, evaluate_folders, image_diagonal_mm
+from cmfnet.data.io import Geometry, write_image, write_json
+from cmfnet.data.dataset import make_dataset_json
+from cmfnet.evaluation.metrics import evaluate_case, image_diagonal_mm
+from cmfnet.evaluation.evaluate import evaluate_folders
 
 SPACING = (3.0, 1.27, 1.27)
 CLASSES = {1: "tumour", 2: "node", 3: "organ"}
@@ -272,7 +274,7 @@ def make_dataset(root: Path, cases: dict[str, np.ndarray]) -> None:
 def test_rows_and_versions_do_not_need_medpy(tmp_path: Path, evaluate_cli, monkeypatch) -> None:
     """medpy is GPL and only a test dependency: with it unimportable a model's versions and a
     metrics row are still written, and no row names a medpy version."""
-    from cmfnet.engine import versions
+    from cmfnet.training.engine import versions
 
     monkeypatch.setitem(sys.modules, "medpy", None)  # `import medpy` now raises ImportError
     assert "medpy" not in versions() and versions()["cmfnet"] == cmfnet.__version__

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cmfnet.normalize import normalize_channel, normalize_image
+from cmfnet.data.normalize import normalize_channel, normalize_image
 
 
 def test_ct_window_clips_and_scales_to_unit_range() -> None:

@@ -25,8 +25,8 @@ pytestmark = pytest.mark.slow
 TOY_PLUGIN = '''
 """A toy method: pCE plus a small penalty on the mean foreground probability."""
 import torch
-from cmfnet.losses import partial_ce
-from cmfnet.method import Method
+from cmfnet.training.losses import partial_ce
+from cmfnet.training.contract import Method
 
 
 class ToyMethod(Method):

@@ -12,12 +12,16 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from cmfnet import inference
+from cmfnet.evaluation import predict as inference
+from cmfnet.training.sliding_window import sliding_window_probabilities
 from cmfnet.cli import main
-from cmfnet.engine import TrainConfig, TrainedModel, Trainer
-from cmfnet.io import Dataset, Geometry, read_image, write_image
-from cmfnet.cards import load_card
-from cmfnet.preprocess import resample_to_spacing
+from cmfnet.training.engine import Trainer
+from cmfnet.training.model import TrainedModel
+from cmfnet.training.config import TrainConfig
+from cmfnet.data.io import Geometry, read_image, write_image
+from cmfnet.data.dataset import Dataset
+from cmfnet.training.cards import load_card
+from cmfnet.data.preprocess import resample_to_spacing
 
 from conftest import make_tiny_dataset
 
@@ -25,7 +29,7 @@ from conftest import make_tiny_dataset
 def train_tiny(root: Path, dataset: Path, card_extra: str = "", iterations: int = 40) -> Path:
     """A small fully-supervised V-Net, trained long enough that its output depends on the voxel size."""
     card = root / "card.yaml"
-    card.write_text("name: Full\nplugin: baselines.fullysup\nsupervision: mask\n"
+    card.write_text("name: Full\nplugin: baselines.pce\nsupervision: mask\n"
                     "network: {arch: vnet, width: 2}\n" + card_extra)
     config = TrainConfig(iterations=iterations, batch_size=1, patch_size=[16, 32, 32], lr=1e-2,
                          val_interval=0, checkpoint_interval=1000, log_interval=1000)
@@ -240,8 +244,8 @@ def test_progress_callback_leaves_the_probabilities_unchanged() -> None:
     image = torch.randn(2, 20, 40, 40)
     predictor = lambda x: torch.stack([x[:, 0], x[:, 1] * x[:, 0]], dim=1)  # noqa: E731
     calls: list[tuple[int, int]] = []
-    plain = inference.sliding_window_probabilities(image, predictor, (16, 32, 32), 2, batch_size=3)
-    reported = inference.sliding_window_probabilities(image, predictor, (16, 32, 32), 2, batch_size=3,
+    plain = sliding_window_probabilities(image, predictor, (16, 32, 32), 2, batch_size=3)
+    reported = sliding_window_probabilities(image, predictor, (16, 32, 32), 2, batch_size=3,
                                                       progress=lambda done, total: calls.append((done, total)))
     assert torch.equal(plain, reported)
     total = calls[-1][1]

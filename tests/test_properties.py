@@ -16,11 +16,11 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from medpy.metric import binary as medpy_binary
 
-from cmfnet.inference import sliding_window_probabilities
-from cmfnet.io import IGNORE
-from cmfnet.metrics import evaluate_case, image_diagonal_mm
-from cmfnet.scribbles import simulate_autobg, simulate_scribble
-from cmfnet.splits import check_splits, fixed_split, kfold_splits
+from cmfnet.training.sliding_window import sliding_window_probabilities
+from cmfnet.data.io import IGNORE
+from cmfnet.evaluation.metrics import evaluate_case, image_diagonal_mm
+from cmfnet.data.scribbles import simulate_autobg, simulate_scribble
+from cmfnet.data.splits import check_splits, fixed_split, kfold_splits
 
 BOUNDED = settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 

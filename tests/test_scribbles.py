@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-import cmfnet.scribbles as scribbles
+import cmfnet.data.scribbles as scribbles
 from cmfnet.errors import InputError
-from cmfnet.io import IGNORE, Geometry, make_dataset_json, read_image, read_json, write_image, write_json
-from cmfnet.scribbles import (auto_background, background_slices, coverage, format_coverage, make_scribbles,
+from cmfnet.data.io import IGNORE, Geometry, read_image, read_json, write_image, write_json
+from cmfnet.data.dataset import make_dataset_json
+from cmfnet.data.scribbles import (auto_background, background_slices, coverage, format_coverage, make_scribbles,
                               simulate_autobg, simulate_scribble)
-from cmfnet.splits import fixed_split
+from cmfnet.data.splits import fixed_split
 
 SHAPE = (16, 64, 64)
 SPACING = (3.0, 1.0, 1.0)
@@ -338,7 +339,7 @@ NPC_PAPER_COVERAGE = {"tumour": 0.04, "background": 0.08, "autobg": 0.06}  # % (
 
 
 def test_default_coverage_on_npc_phantoms_matches_the_paper_in_order_of_magnitude(tmp_path: Path) -> None:
-    from cmfnet.synth import synthesize
+    from cmfnet.data.synth import synthesize
     root = synthesize("npc", 6, tmp_path / "npc", seed=0)
     sim = make_scribbles(root, "sim")["mean"]
     autobg = make_scribbles(root, "autobg")["mean"]

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from cmfnet import synth
+from cmfnet.data import phantoms, synth
 from cmfnet.cli import main
 from cmfnet.errors import InputError
-from cmfnet.io import Dataset
-from cmfnet.splits import check_splits, synth_splits
+from cmfnet.data.dataset import Dataset
+from cmfnet.data.splits import check_splits, synth_splits
 
 NPC_SHAPE = (12, 48, 48)
 WORD_SHAPE = (16, 48, 48)
@@ -41,15 +41,15 @@ def word_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # -- determinism ---------------------------------------------------------------------------
-@pytest.mark.parametrize("kind", sorted(synth.KINDS))
+@pytest.mark.parametrize("kind", sorted(phantoms.KINDS))
 def test_case_generators_are_deterministic_per_seed_and_differ_across_seeds(kind: str) -> None:
-    spec = synth.KINDS[kind]
+    spec = phantoms.KINDS[kind]
     shape = NPC_SHAPE if kind == "npc" else WORD_SHAPE
-    spacing = synth.spacing_for(kind, shape)
-    first = spec.generator(synth.case_rng(kind, 7, 0), shape, spacing)
-    again = spec.generator(synth.case_rng(kind, 7, 0), shape, spacing)
-    other_seed = spec.generator(synth.case_rng(kind, 8, 0), shape, spacing)
-    other_case = spec.generator(synth.case_rng(kind, 7, 1), shape, spacing)
+    spacing = phantoms.spacing_for(kind, shape)
+    first = spec.generator(phantoms.case_rng(kind, 7, 0), shape, spacing)
+    again = spec.generator(phantoms.case_rng(kind, 7, 0), shape, spacing)
+    other_seed = spec.generator(phantoms.case_rng(kind, 8, 0), shape, spacing)
+    other_case = spec.generator(phantoms.case_rng(kind, 7, 1), shape, spacing)
     assert set(first) == {*spec.channels, "label"}
     for key in first:
         np.testing.assert_array_equal(first[key], again[key])
@@ -84,7 +84,7 @@ def test_npc_dataset_loads_with_declared_normalization_and_provenance(npc_root: 
     assert meta["provenance"]["generator"] == "cmfnet synth"
     assert meta["provenance"]["kind"] == "npc" and meta["provenance"]["seed"] == 1
     assert meta["provenance"]["shape"] == list(NPC_SHAPE) and "cmfnet_version" in meta["provenance"]
-    spacing = synth.spacing_for("npc", NPC_SHAPE)
+    spacing = phantoms.spacing_for("npc", NPC_SHAPE)
     assert meta["spacing"] == pytest.approx(spacing)
     for case in dataset.cases:
         image, geometry = dataset.load_image(case)  # checks both channels share one grid
@@ -98,13 +98,13 @@ def test_npc_dataset_loads_with_declared_normalization_and_provenance(npc_root: 
 
 
 def test_default_npc_spacing_is_the_papers() -> None:
-    assert synth.spacing_for("npc", synth.NPC_DEFAULT_SHAPE) == pytest.approx((3.0, 1.27, 1.27))
+    assert phantoms.spacing_for("npc", phantoms.NPC_DEFAULT_SHAPE) == pytest.approx((3.0, 1.27, 1.27))
 
 
 def test_word_dataset_loads_with_one_channel_and_seven_organs(word_root: Path) -> None:
     dataset = Dataset(word_root)
     assert dataset.channels == ["CT"]
-    assert dataset.labels == synth.WORD_LABELS and dataset.num_classes == 8
+    assert dataset.labels == phantoms.WORD_LABELS and dataset.num_classes == 8
     assert "MR" not in dataset.meta["normalization"]
     assert check_splits(dataset.cases, dataset.splits) == []
     assert [len(dataset.splits[0][p]) for p in ("train", "val", "test")] == [4, 1, 1]
@@ -138,7 +138,7 @@ def test_a_failed_generation_leaves_nothing_behind(tmp_path: Path,
     def broken(rng: np.random.Generator, shape: tuple, spacing: tuple) -> dict:
         raise RuntimeError("generator crashed")
 
-    monkeypatch.setitem(synth.KINDS, "npc", dataclasses.replace(synth.KINDS["npc"], generator=broken))
+    monkeypatch.setitem(phantoms.KINDS, "npc", dataclasses.replace(phantoms.KINDS["npc"], generator=broken))
     with pytest.raises(RuntimeError):
         synth.synthesize("npc", 6, tmp_path / "ds", shape=NPC_SHAPE)
     assert list(tmp_path.iterdir()) == []
@@ -163,8 +163,8 @@ def _tumour_cnr(case: dict[str, np.ndarray]) -> tuple[float, float]:
 @pytest.fixture(scope="module")
 def npc_cases() -> tuple[tuple[int, int, int], list[dict[str, np.ndarray]]]:
     shape = (16, 64, 64)
-    spacing = synth.spacing_for("npc", shape)
-    return shape, [synth.npc_case(synth.case_rng("npc", 0, i), shape, spacing) for i in range(12)]
+    spacing = phantoms.spacing_for("npc", shape)
+    return shape, [phantoms.npc_case(phantoms.case_rng("npc", 0, i), shape, spacing) for i in range(12)]
 
 
 def test_tumour_is_hard_to_see_on_ct_and_clear_on_mr(npc_cases) -> None:
@@ -178,7 +178,7 @@ def test_tumour_is_hard_to_see_on_ct_and_clear_on_mr(npc_cases) -> None:
 
 def test_tumour_sizes_vary_and_include_small_ones(npc_cases) -> None:
     shape, cases = npc_cases
-    voxel_ml = float(np.prod(synth.spacing_for("npc", shape))) / 1000
+    voxel_ml = float(np.prod(phantoms.spacing_for("npc", shape))) / 1000
     volumes = np.array([case["label"].sum() * voxel_ml for case in cases])
     assert volumes.min() > 0
     assert volumes.max() / volumes.min() > 4
@@ -187,7 +187,7 @@ def test_tumour_sizes_vary_and_include_small_ones(npc_cases) -> None:
 
 def test_tumour_sits_at_the_airway_wall_and_spares_bone(npc_cases) -> None:
     shape, cases = npc_cases
-    spacing = synth.spacing_for("npc", shape)
+    spacing = phantoms.spacing_for("npc", shape)
     for case in cases:
         air = case["CT"] < -500
         components, _ = ndimage.label(air)
@@ -214,13 +214,13 @@ def test_mr_has_tumour_like_confounders_outside_the_tumour(npc_cases) -> None:
 @pytest.fixture(scope="module")
 def word_cases() -> tuple[tuple[int, int, int], list[dict[str, np.ndarray]]]:
     shape = (20, 64, 64)
-    spacing = synth.spacing_for("word", shape)
-    return shape, [synth.word_case(synth.case_rng("word", 0, i), shape, spacing) for i in range(4)]
+    spacing = phantoms.spacing_for("word", shape)
+    return shape, [phantoms.word_case(phantoms.case_rng("word", 0, i), shape, spacing) for i in range(4)]
 
 
 def test_word_organs_have_the_clinical_hu_order(word_cases) -> None:
     _, cases = word_cases
-    labels = synth.WORD_LABELS
+    labels = phantoms.WORD_LABELS
     for case in cases:
         ct, label = case["CT"].astype(np.float64), case["label"]
         hu = {name: np.median(ct[label == value]) for name, value in labels.items() if value}
@@ -234,7 +234,7 @@ def test_word_organs_have_the_clinical_hu_order(word_cases) -> None:
 
 def test_word_anatomy_positions_and_sizes(word_cases) -> None:
     shape, cases = word_cases
-    labels = synth.WORD_LABELS
+    labels = phantoms.WORD_LABELS
     for case in cases:
         label = case["label"]
         centre = {name: ndimage.center_of_mass(label == value) for name, value in labels.items() if value}

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from cmfnet.errors import InputError
-from cmfnet.tables import write_tables
+from cmfnet.evaluation.tables import write_tables
 
 
 def metrics_csv(path: Path, method: str, name: str, dsc: list[float], dataset: str = "d",

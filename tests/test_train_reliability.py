@@ -16,10 +16,13 @@ import pytest
 import torch
 
 from cmfnet.cli import main
-from cmfnet.engine import FORMAT_VERSION, TrainConfig, TrainedModel, Trainer
+from cmfnet.training.engine import Trainer
+from cmfnet.training.model import FORMAT_VERSION, TrainedModel
+from cmfnet.training.config import TrainConfig
 from cmfnet.errors import InputError
-from cmfnet.io import Dataset, read_json, write_json
-from cmfnet.cards import load_card
+from cmfnet.data.io import read_json, write_json
+from cmfnet.data.dataset import Dataset
+from cmfnet.training.cards import load_card
 from test_engine import FAST, kill_after, make_trainer, write_card
 
 REPO = Path(__file__).resolve().parents[1]
@@ -220,7 +223,7 @@ BAD_VALUES = [
     ("em", ["params.rampup=1.5"], "params.rampup=1.5: an int counts iterations"),
     ("cmfnet", ["params.lambda_ct=high"], "params.lambda_ct='high': expected a number"),
     ("cmfnet", ["params.use_ssl=1"], "params.use_ssl=1: expected true or false"),
-    ("cmfnet", ["params.spacing=3"], "params.spacing=3: expected a list of numbers or null"),
+    ("cmfnet", ["params.crf_downsample=2"], "params.crf_downsample=2: expected a list of ints"),
     ("cmfnet", ["params.crf_radius=0"], "params.crf_radius must be >= 1"),
     ("cmfnet", ["params.output=pet"], "params.output must be one of"),
     ("cmfnet", ["network.cfe=yes please"], "network.cfe='yes please': expected true or false"),

@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 
 from cmfnet import cli
-from cmfnet.validate import split_problems
+from cmfnet.data.validate import split_problems
 
 
 @pytest.fixture

@@ -23,8 +23,8 @@ import pytest
 import yaml
 from snakemake.utils import update_config
 
-from cmfnet.engine import TrainConfig, resolve_train_config
-from cmfnet.cards import load_card
+from cmfnet.training.config import TrainConfig, resolve_train_config
+from cmfnet.training.cards import load_card
 from cmfnet.provenance import plugin_sources, trained_as
 from test_pipeline import TOY_PLUGIN  # the toy of the one-module-plus-one-card test
 
@@ -221,7 +221,8 @@ def test_editing_a_plugin_retrains_only_its_method(finished_with_toy: Path, tmp_
     work = copy_of(finished_with_toy, tmp_path)
     edit(work / source)
     jobs = planned(work, *SMOKE, *WITH_TOY)
-    expected = {"toy", "toy_sweep.w02"} if method == "toy" else {"pce"}  # the sweep runs the toy plugin
+    # the sweep runs the toy plugin; FullySup is the pCE plugin with the full mask as supervision
+    expected = {"toy", "toy_sweep.w02"} if method == "toy" else {"pce", "fullysup"}
     assert trained(jobs) == expected
     assert set(jobs) == {"train", "predict", "evaluate", "tables", "all"}
 
@@ -256,7 +257,7 @@ def test_deleting_a_sweep_table_plans_its_rebuild(finished_with_toy: Path, tmp_p
 
 def test_the_readme_table_recipe_rebuilds_only_the_tables(finished: Path, tmp_path: Path) -> None:
     work = copy_of(finished, tmp_path)
-    edit(work / "cmfnet" / "tables.py")
+    edit(work / "cmfnet" / "evaluation" / "tables.py")
     assert set(planned(work, "results/tables/table1.md", *SMOKE)) == {"tables"}
     # and the recipe that rebuilds them without a change
     fresh = copy_of(finished, tmp_path / "again")
@@ -328,4 +329,4 @@ def test_a_baseline_trains_from_its_module_and_the_baseline_helpers_it_imports()
 
     assert sources("em.yaml") == ["baselines/em.py", "baselines/regularizers.py"]
     assert sources("pce.yaml") == ["baselines/pce.py"]
-    assert sources("cmfnet.yaml") == ["cmfnet/hybrid.py"]  # the rest of cmfnet/ is the shared protocol
+    assert sources("cmfnet.yaml") == ["baselines/cmfnet.py"]  # the rest of cmfnet/ is the shared protocol

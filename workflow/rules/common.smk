@@ -9,10 +9,10 @@ import jsonschema
 import yaml
 from snakemake.utils import validate
 
-from cmfnet.engine import resolve_train_config
+from cmfnet.training.config import resolve_train_config
 from cmfnet.errors import InputError
-from cmfnet.io import Dataset
-from cmfnet.cards import card_path_for_id, head_overrides, load_card, method_ids
+from cmfnet.data.dataset import Dataset
+from cmfnet.training.cards import card_path_for_id, head_overrides, load_card, method_ids
 from cmfnet.provenance import (digest, network_overrides, plugin_sources, row_hash, trained_as, training_settings,
                                workdir_relative)
 
@@ -197,8 +197,8 @@ def table_outputs():
 
 
 def tables_code():
-    """cmfnet/tables.py is an input of the tables: editing it rebuilds them and nothing else."""
-    return workdir_relative(Path(importlib.util.find_spec("cmfnet.tables").origin))
+    """cmfnet/evaluation/tables.py is an input of the tables: editing it rebuilds them and nothing else."""
+    return workdir_relative(Path(importlib.util.find_spec("cmfnet.evaluation.tables").origin))
 
 
 def final_outputs():

@@ -1,6 +1,6 @@
 # Per-case metrics against the dense labels (the only place test labels are read), then tables.
 # Every table and figure the config implies is a declared output of `tables`, so each one is a
-# target and a deleted one is rebuilt; cmfnet/tables.py is an input, so editing it rebuilds them.
+# target and a deleted one is rebuilt; cmfnet/evaluation/tables.py is an input, so editing it rebuilds them.
 
 
 rule evaluate:

@@ -1,0 +1,194 @@
+"""Aggregate stored per-case metrics into the paper's tables and ablation figures.
+
+Reads every ``metrics/**/*.csv`` under a results folder (one row per method x fold x case x
+class, as ``cmfnet evaluate`` writes them) and writes, per table tag (``table1`` for the main
+comparison, ``table3``... for cards or variant files that name a table):
+
+- ``<table>.csv``: one row per method with n cases, folds, and mean and std of DSC (%) and ASD (mm)
+  per class (and their mean over classes when there are several);
+- ``<table>.md``: the same as "mean ± std" in the paper's layout;
+- ``figures/<table>.png`` for sweep tables (``fig*``): DSC and ASD against the swept variant.
+
+Nothing is retrained: editing this module or re-running ``cmfnet tables`` only re-reads the CSVs.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from cmfnet.errors import InputError  # noqa: E402
+from cmfnet.data.io import atomic_path, write_json  # noqa: E402
+
+REQUIRED = ("method", "method_name", "fold", "case", "class", "dsc", "asd")
+
+
+def collect(files: list[Path]) -> pd.DataFrame:
+    if not files:
+        raise InputError("metrics", "no per-case metric CSVs found")
+    frames = []
+    for path in files:
+        try:
+            frame = pd.read_csv(path)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+            raise InputError(path, f"cannot read metrics ({type(err).__name__})") from None
+        missing = [c for c in REQUIRED if c not in frame.columns]
+        if missing:
+            raise InputError(path, f"missing columns {missing}")
+        frames.append(frame.assign(source=str(path)))
+    data = pd.concat(frames, ignore_index=True)
+    if "dataset" in data.columns and data["dataset"].nunique() > 1:
+        names = sorted(data["dataset"].astype(str).unique())
+        raise InputError(files[0].parent, f"metrics of several datasets ({', '.join(names)}); choose one, "
+                                          f"e.g. --results results/metrics/{names[0]}")
+    if "table" not in data.columns:
+        data["table"] = "table1"
+    data["table"] = data["table"].fillna("table1")
+    duplicated = data.duplicated(["method", "fold", "case", "class"])
+    if duplicated.any():
+        row = data[duplicated].iloc[0]
+        raise InputError(row.get("source", "metrics"), f"duplicate rows for {row['method']} fold {row['fold']} "
+                                              f"case {row['case']} class {row['class']}")
+    return data
+
+
+def summarise(data: pd.DataFrame, order: list[str] | None = None) -> pd.DataFrame:
+    """One row per method: mean and std over test cases (pooled over folds), per class."""
+    classes = list(dict.fromkeys(data["class"]))
+    rows = []
+    methods = list(dict.fromkeys(data["method"]))
+    if order:
+        methods = [m for m in order if m in methods] + [m for m in methods if m not in order]
+    for method in methods:
+        sub = data[data["method"] == method]
+        row = {"method": method, "name": sub["method_name"].iloc[0],
+               "data": sub["data"].iloc[0] if "data" in sub else "",
+               "cases": sub["case"].nunique(), "folds": sub["fold"].nunique()}
+        for cls in classes:
+            part = sub[sub["class"] == cls]
+            prefix = "" if len(classes) == 1 else f"{cls}_"
+            row[f"{prefix}dsc_mean"] = 100 * part["dsc"].mean()
+            row[f"{prefix}dsc_std"] = 100 * part["dsc"].std(ddof=1)
+            row[f"{prefix}asd_mean"] = part["asd"].mean()
+            row[f"{prefix}asd_std"] = part["asd"].std(ddof=1)
+        if len(classes) > 1:
+            per_case = sub.groupby(["fold", "case"])[["dsc", "asd"]].mean()
+            row["mean_dsc_mean"] = 100 * per_case["dsc"].mean()
+            row["mean_dsc_std"] = 100 * per_case["dsc"].std(ddof=1)
+            row["mean_asd_mean"] = per_case["asd"].mean()
+            row["mean_asd_std"] = per_case["asd"].std(ddof=1)
+        for column in ("seed", "config", "cmfnet_version"):
+            if column in sub:
+                row[column] = ";".join(sorted({str(v) for v in sub[column].dropna()}))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _pm(mean: float, std: float) -> str:
+    return f"{mean:.2f} ± {0.0 if pd.isna(std) else std:.2f}"
+
+
+def to_markdown(summary: pd.DataFrame, title: str) -> str:
+    groups = [c[: -len("dsc_mean")] for c in summary.columns if c.endswith("dsc_mean")]
+    header = ["Methods", "Data"]
+    for g in groups:
+        label = g.rstrip("_") or ""
+        header += [f"{label} DSC (%) ↑".strip(), f"{label} ASD (mm) ↓".strip()]
+    header += ["cases"]
+    lines = [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, row in summary.iterrows():
+        cells = [str(row["name"]), str(row["data"])]
+        for g in groups:
+            cells += [_pm(row[f"{g}dsc_mean"], row[f"{g}dsc_std"]), _pm(row[f"{g}asd_mean"], row[f"{g}asd_std"])]
+        cells.append(str(row["cases"]))
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("Mean ± standard deviation over test cases pooled across folds; ASD is the directed "
+                 "average surface distance prediction → reference in mm; empty masks follow the "
+                 "policy recorded in each metrics row.")
+    return "\n".join(lines) + "\n"
+
+
+def plot_sweep(summary: pd.DataFrame, path: Path, title: str) -> None:
+    groups = [c[: -len("dsc_mean")] for c in summary.columns if c.endswith("dsc_mean")]
+    g = "mean_" if "mean_" in groups else groups[0]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    x = range(len(summary))
+    for ax, metric, label in ((axes[0], "dsc", "DSC (%)"), (axes[1], "asd", "ASD (mm)")):
+        ax.errorbar(x, summary[f"{g}{metric}_mean"], yerr=summary[f"{g}{metric}_std"].fillna(0),
+                    marker="o", capsize=3)
+        ax.set_xticks(list(x), summary["name"], rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def metric_files(results: Path) -> list[Path]:
+    """Every metrics CSV under ``results/metrics`` (or under ``results`` itself); naming the folder
+    searched when there is none (a wrong --results is the usual cause)."""
+    root = results / "metrics" if (results / "metrics").is_dir() else results
+    if not root.is_dir():
+        raise InputError(root, "no such folder (give --results the folder that holds metrics/, e.g. "
+                               "results, or one dataset's metrics, e.g. results/metrics/smoke-npc)")
+    files = sorted(root.rglob("*.csv"))
+    if not files:
+        raise InputError(root, "no per-case metric CSVs found (searched **/*.csv in this folder)")
+    return files
+
+
+def write_tables(files: list[Path], out: Path, order: list[str] | None = None) -> list[Path]:
+    data = collect(files)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for table, part in data.groupby("table", sort=True):
+        summary = summarise(part, order)
+        csv_path, md_path = out / f"{table}.csv", out / f"{table}.md"
+        with atomic_path(csv_path) as tmp:
+            summary.to_csv(tmp, index=False, float_format="%.4f")
+        with atomic_path(md_path) as tmp:
+            tmp.write_text(to_markdown(summary, str(table)))
+        written += [csv_path, md_path]
+        if str(table).startswith("fig"):
+            figure = out.parent / "figures" / f"{table}.png"
+            figure.parent.mkdir(parents=True, exist_ok=True)
+            plot_sweep(summary, figure, str(table))
+            written.append(figure)
+    write_json({"tables": sorted(str(t) for t in data["table"].unique()),
+                "rows": int(len(data)), "methods": sorted(data["method"].unique().tolist())},
+               out / "provenance.json")
+    return written
+
+
+def run(args: argparse.Namespace) -> int:
+    order = args.order.split(",") if args.order else None
+    if bool(args.results) == bool(args.metrics):
+        raise InputError("--results", "give either --results DIR or --metrics FILE ...")
+    files = args.metrics or metric_files(args.results)
+    for path in write_tables(files, args.out, order):
+        print(f"wrote {path}")
+    table1 = args.out / "table1.md"
+    if table1.is_file():
+        print(table1.read_text())
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "tables", help="aggregate per-case metrics into the paper's tables and figures (no retraining)",
+        description="Read RESULTS/metrics/**/*.csv (or the given --metrics files) and write one table "
+                    "per table tag into OUT.")
+    parser.add_argument("--results", type=Path, help="results folder: reads every CSV under its metrics/")
+    parser.add_argument("--metrics", type=Path, nargs="+", help="or: exactly these metrics CSVs")
+    parser.add_argument("--out", type=Path, required=True, help="output folder for the tables")
+    parser.add_argument("--order", help="comma-separated method ids: the row order of the tables")
+    parser.set_defaults(func=run)

@@ -1,0 +1,172 @@
+"""``model.pt``: its format, its checks, and :class:`TrainedModel`, a trained model ready to segment.
+
+The engine writes the file (:mod:`cmfnet.training.engine`); ``cmfnet predict`` reads it. Both go
+through here, so the format is defined in one place.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from cmfnet import __version__
+from cmfnet.data.dataset import Dataset
+from cmfnet.data.normalize import normalize_image
+from cmfnet.errors import InputError
+from cmfnet.training.cards import Card, parse_override
+from cmfnet.training.contract import Method
+from cmfnet.training.device import mixed_precision
+from cmfnet.training.plugins import load_method
+from cmfnet.training.sliding_window import sliding_window_probabilities
+
+
+#: layout version of model.pt and last.pt; a file with another version is refused (model.pt) or
+#: not resumed from (last.pt). Raise it whenever what the files hold changes incompatibly.
+FORMAT_VERSION = 1
+
+
+# what TrainedModel needs from model.pt's meta (older files may lack some)
+MODEL_META_KEYS = ("card", "card_path", "channels", "channel_names", "num_classes", "normalization",
+                   "patch_size", "size_divisor", "train", "fold")
+
+
+def _version_tuple(text: object) -> tuple[int, ...]:
+    """``"0.10.2"`` -> (0, 10, 2): enough to tell which of two release numbers is newer."""
+    return tuple(int(part) for part in re.findall(r"\d+", str(text).split("+")[0])[:3])
+
+
+def read_model_file(path: Path) -> dict[str, Any]:
+    """``model.pt``'s content once its structure is checked; one :class:`InputError` line otherwise.
+
+    A file of another format version is refused (the version says what the file holds). A file
+    written by a newer cmfnet of the same format is read with a warning: the format, not the
+    release number, is the compatibility promise.
+    """
+    if not path.is_file():
+        raise InputError(path, "no trained model here (model.pt missing)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure is a corrupt file to the user
+        raise InputError(path, f"cannot load model ({type(err).__name__}); it is not a model.pt that "
+                               "loads with weights_only=True") from None
+    if not isinstance(state, dict) or not isinstance(state.get("meta"), dict):
+        raise InputError(path, "not a cmfnet model: no 'meta' record")
+    found = state.get("format")
+    if found != FORMAT_VERSION:
+        raise InputError(path, f"model format {found if found is not None else 'none (older than format 1)'}, "
+                               f"this cmfnet {__version__} reads format {FORMAT_VERSION}: retrain the model")
+    meta = state["meta"]
+    missing = [key for key in MODEL_META_KEYS if key not in meta]
+    if missing:
+        raise InputError(path, f"meta lacks {', '.join(missing)}: written by an older cmfnet? retrain the model")
+    weights = state.get("weights")
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise InputError(path, "no 'weights' record of tensors")
+    written_by = (meta.get("versions") or {}).get("cmfnet")
+    if written_by is not None and _version_tuple(written_by) > _version_tuple(__version__):
+        print(f"cmfnet: warning: {path} was written by cmfnet {written_by}, newer than this {__version__}; "
+              f"reading it as format {FORMAT_VERSION}", file=sys.stderr)
+    return state
+
+
+def _weights_problem(model: nn.Module, weights: dict[str, torch.Tensor]) -> str | None:
+    """Which weights a network lacks, has too many of, or holds in another shape (None: they fit)."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in weights]
+    unexpected = [k for k in weights if k not in expected]
+    shapes = [f"{k} {tuple(weights[k].shape)} not {tuple(v.shape)}" for k, v in expected.items()
+              if k in weights and weights[k].shape != v.shape]
+    parts = [f"{label} {', '.join(names[:3])}" + (f" (+{len(names) - 3} more)" if len(names) > 3 else "")
+             for label, names in (("missing", missing), ("unexpected", unexpected), ("shape of", shapes))
+             if names]
+    return "; ".join(parts) or None
+
+
+class TrainedModel:
+    """A trained model as written by the engine, ready to segment new images."""
+
+    def __init__(self, path: Path, method: Method, model: nn.Module, meta: dict[str, Any]) -> None:
+        self.path = path
+        self.method = method
+        self.model = model
+        self.meta = meta
+
+    @property
+    def fold(self) -> int:
+        return int(self.meta["fold"])
+
+    @property
+    def channel_names(self) -> list[str]:
+        return list(self.meta["channel_names"])
+
+    @classmethod
+    def load(cls, model_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainedModel:
+        """Load ``model.pt``; ``overrides`` (``params.X=V``) may change inference-only params only."""
+        path = Path(model_dir) / "model.pt"
+        state = read_model_file(path)
+        meta = state["meta"]
+        if not isinstance(meta["card"], dict):
+            raise InputError(path, "meta 'card' is not a mapping")
+        card = Card.from_dict(meta["card"], meta["card_path"])
+        try:
+            method = load_method(card)
+        except InputError as err:
+            raise InputError(path, f"its card: {err.problem}") from None
+        if overrides:
+            for text in overrides:
+                try:
+                    key, value = parse_override(text)
+                except ValueError as err:
+                    raise InputError("--set", str(err)) from None
+                name = key.removeprefix("params.")
+                if not key.startswith("params.") or name not in method.inference_params:
+                    allowed = ", ".join(f"params.{p}" for p in sorted(method.inference_params)) or "none"
+                    raise InputError("--set", f"'{key}' would change what was trained; a trained "
+                                              f"'{method.name}' model can only change: {allowed}")
+                card.params[name] = value
+            method = load_method(card)
+        try:
+            model = method.build_network(len(meta["channels"]), meta["num_classes"])
+        except (ValueError, TypeError) as err:
+            raise InputError(path, f"its card's network cannot be built ({err})") from None
+        problem = _weights_problem(model, state["weights"])
+        if problem:
+            raise InputError(path, f"weights do not fit the network of its card: {problem}")
+        model.load_state_dict(state["weights"])
+        model.eval()
+        return cls(path, method, model, meta)
+
+    def check_dataset(self, dataset: Dataset) -> None:
+        names = [dataset.channels[c] for c in self.meta["channels"] if c < dataset.num_channels]
+        if names != self.channel_names:
+            raise InputError(dataset.root / "dataset.json",
+                             f"channels {dataset.channels} do not provide the model's {self.channel_names}")
+
+    @torch.no_grad()
+    def segment(self, image: np.ndarray, device: torch.device, overlap: float = 0.5) -> np.ndarray:
+        """Label map (uint8) of a raw (C, z, y, x) image with all of the dataset's channels."""
+        channels = self.meta["channels"]
+        names = self.meta["channel_names"]
+        if image.shape[0] <= max(channels):
+            raise InputError(self.path, f"image has {image.shape[0]} channels, model uses {channels}")
+        selected = normalize_image(image[channels], names, self.meta["normalization"])
+        self.model.to(device)
+        tensor = torch.from_numpy(np.ascontiguousarray(selected)).to(device)
+        amp = self.meta["train"].get("amp", True)
+
+        def predictor(x: torch.Tensor) -> torch.Tensor:
+            with mixed_precision(device, amp):
+                return self.method.logits(self.model, x).float()
+
+        probs = sliding_window_probabilities(tensor, predictor, tuple(self.meta["patch_size"]),
+                                             self.meta["num_classes"], overlap=overlap,
+                                             batch_size=self.meta["train"]["batch_size"],
+                                             divisor=self.meta["size_divisor"])
+        return probs.argmax(0).to(torch.uint8).cpu().numpy()
+

@@ -1,0 +1,88 @@
+"""Training volumes held in memory and the patch sampler the engine draws batches with."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from cmfnet.data.io import IGNORE, Geometry
+from cmfnet.errors import InputError
+
+
+@dataclass
+class TrainVolume:
+    """A training case held in memory: normalised image and its supervision, padded to a patch."""
+
+    image: np.ndarray  # (C, z, y, x) float32
+    target: np.ndarray  # (z, y, x) uint8, 255 = unlabelled
+    geometry: Geometry
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel spacing (z, y, x) in mm from the case's image header."""
+        z, y, x = self.geometry.spacing
+        return (z, y, x)
+
+
+def pad_volume(image: np.ndarray, target: np.ndarray, patch: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Pad at the end to at least one patch: images with each channel's minimum, targets unlabelled."""
+    pads = [(0, max(0, p - s)) for p, s in zip(patch, target.shape)]
+    if not any(after for _, after in pads):
+        return image, target
+    fill = image.reshape(image.shape[0], -1).min(axis=1)
+    image = np.stack([np.pad(ch, pads, constant_values=v) for ch, v in zip(image, fill)])
+    return image, np.pad(target, pads, constant_values=IGNORE)
+
+
+class PatchSampler:
+    """Draws patches that always contain labelled voxels.
+
+    With probability ``fg_fraction`` a patch is placed around a random foreground-labelled voxel,
+    otherwise around any labelled voxel; the chosen voxel lies anywhere inside the patch. It reads
+    the engine's volumes as they are when it samples; :meth:`forget` drops what it indexed of a
+    case whose target was replaced.
+    """
+
+    def __init__(self, volumes: dict[str, TrainVolume], patch: list[int], fg_fraction: float,
+                 rng: np.random.Generator) -> None:
+        self.volumes = volumes
+        self.patch = patch
+        self.fg_fraction = fg_fraction
+        self.rng = rng
+        self._index: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+
+    def forget(self, case: str) -> None:
+        """The case's target changed (DMSPS stage 2): index its labelled voxels anew."""
+        self._index.pop(case, None)
+
+    def _labelled(self, case: str) -> tuple[np.ndarray, np.ndarray | None]:
+        if case not in self._index:
+            flat = self.volumes[case].target.ravel()
+            labelled = np.flatnonzero(flat != IGNORE)
+            fg = np.flatnonzero((flat != IGNORE) & (flat > 0))
+            if labelled.size == 0:
+                raise InputError(case, "no labelled voxel in the training target")
+            self._index[case] = (labelled, fg if fg.size else None)
+        return self._index[case]
+
+    def sample(self, batch_size: int) -> tuple[np.ndarray, np.ndarray, list[str], list[tuple[slice, ...]]]:
+        images, targets, case_ids, boxes = [], [], [], []
+        cases = sorted(self.volumes)
+        for _ in range(batch_size):
+            case = cases[self.rng.integers(len(cases))]
+            volume = self.volumes[case]
+            labelled, fg = self._labelled(case)
+            pool = fg if fg is not None and self.rng.random() < self.fg_fraction else labelled
+            centre = np.unravel_index(pool[self.rng.integers(pool.size)], volume.target.shape)
+            box = []
+            for c, p, s in zip(centre, self.patch, volume.target.shape):
+                lo, hi = max(0, c - p + 1), min(c, s - p)
+                box.append(slice(start := int(self.rng.integers(lo, hi + 1)), start + p))
+            box_t = tuple(box)
+            images.append(volume.image[(slice(None), *box_t)])
+            targets.append(volume.target[box_t])
+            case_ids.append(case)
+            boxes.append(box_t)
+        return np.stack(images), np.stack(targets), case_ids, boxes
+

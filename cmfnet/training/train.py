@@ -1,0 +1,88 @@
+"""``cmfnet train``: one method (card) on one fold, resumable, refusing to overwrite another training."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from cmfnet.data.io import counted
+from cmfnet.data.dataset import Dataset
+from cmfnet.errors import InputError
+from cmfnet.training.cards import load_card
+from cmfnet.training.config import resolve_train_config
+from cmfnet.training.engine import Trainer
+from cmfnet.training.model import read_model_file
+
+
+def _finished_already(trainer: Trainer, force: bool) -> bool:
+    """Whether ``model.pt`` already holds this very training (nothing to do); refuse another one's."""
+    path = trainer.out / "model.pt"
+    if force or not path.exists():
+        return False
+    try:
+        meta = read_model_file(path)["meta"]
+    except InputError as err:
+        raise InputError(path, f"{err.problem}; --force retrains over it") from None
+    if meta.get("state_hash") != trainer.state_hash:
+        raise InputError(path, "exists and was trained with another card, train config, fold or dataset; "
+                               "--force retrains over it")
+    return True
+
+
+def run(args: argparse.Namespace) -> int:
+    card = load_card(args.card, args.set or (), args.variant)
+    preset: dict[str, Any] = {}
+    if args.train_config:
+        text = args.train_config
+        try:
+            data = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(Path(text).read_text())
+        except (json.JSONDecodeError, yaml.YAMLError, OSError) as err:
+            raise InputError(text[:80], f"cannot read train config ({err})") from None
+        preset = data.get("train", data) if isinstance(data, dict) else data
+        if not isinstance(preset, dict):
+            raise InputError(text[:80], "a train config must be a mapping (optionally under 'train:')")
+    config = resolve_train_config(card, preset, args.train_config)
+    if args.out.exists() and not args.out.is_dir():
+        raise InputError(args.out, "--out is an existing file, not a folder")
+    if args.threads is not None and args.threads < 1:
+        raise InputError("--threads", f"{args.threads}: must be >= 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dataset = Dataset(args.dataset)
+    trainer = Trainer(card, dataset, args.fold, args.out, config, device=args.device)
+    if _finished_already(trainer, args.force):
+        print(f"{args.out / 'model.pt'} exists and was trained with this card, config, fold and dataset: "
+              "nothing to do (--force retrains)")
+        return 0
+    meta = trainer.fit()
+    print(f"trained {card.id} fold {args.fold}: {counted(meta['max_iterations'], 'iteration')} in {meta['seconds']} s "
+          f"-> {args.out / 'model.pt'}")
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train", help="train one method (card) on one fold",
+        description="Train a method on a fold's training cases, select the checkpoint on its validation "
+                    "cases, and write OUT/model.pt. Re-running after a kill resumes from OUT/last.pt; "
+                    "re-running a finished training does nothing (--force retrains).")
+    parser.add_argument("--card", type=Path, required=True, help="method card, e.g. methods/pce.yaml")
+    parser.add_argument("--variant", help="variant id, when the card is a variant file (methods/table5.yaml)")
+    parser.add_argument("--dataset", type=Path, required=True, help="dataset folder")
+    parser.add_argument("--fold", type=int, default=0)
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--train-config", help="the preset's train block: a YAML file with a 'train:' "
+                                               "mapping (e.g. config/smoke.yaml) or a JSON object")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override a card field, e.g. train.iterations=3 or params.weight=0.1")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--force", action="store_true",
+                        help="retrain even if OUT/model.pt exists (it is replaced when training completes)")
+    parser.set_defaults(func=run)
+
