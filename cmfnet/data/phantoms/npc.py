@@ -123,8 +123,9 @@ def _paint_npc_tumour(rng: np.random.Generator, grid: Grid, canvas: Canvas, body
                       np_radii: tuple[float, float, float]) -> None:
     """An irregular tumour arising from the posterior/lateral nasopharyngeal wall.
 
-    Sizes are log-uniform in equivalent radius (7-26 mm, i.e. ~1.4-74 ml), so small tumours are
-    common. The tumour fills the lumen where it bulges into it and spares bone and the spinal canal.
+    Sizes are log-uniform in equivalent radius, 12-30 mm (~7-113 ml, the range of primary NPC
+    tumour volumes from T1 to T4), so small tumours stay common; smaller ones span too few voxels at
+    the default grid for any method to score on them, which made fold means noise. The tumour fills the lumen where it bulges into it and spares bone and the spinal canal.
     """
     z, y, _ = grid.coords()
     wall = (canvas.tissue == H_MUCOSA) & (y >= nasopharynx[1] - 2) & (
@@ -139,7 +140,7 @@ def _paint_npc_tumour(rng: np.random.Generator, grid: Grid, canvas: Canvas, body
     outward /= max(float(np.linalg.norm(outward)), 1e-6)
 
     spared = canvas.is_any(H_BONE, H_MARROW, H_CSF) | ~body
-    radius_eq = float(np.exp(rng.uniform(np.log(7.0), np.log(26.0))))
+    radius_eq = float(np.exp(rng.uniform(np.log(12.0), np.log(30.0))))
     for _ in range(8):
         aspect = np.exp(rng.normal(0.0, 0.2, 3))
         radii = tuple(radius_eq * aspect / np.prod(aspect) ** (1 / 3))
