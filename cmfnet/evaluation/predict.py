@@ -23,7 +23,7 @@ from cmfnet.data.io import FILE_ENDING, GRID_TOLERANCE, Geometry, counted, read_
 from cmfnet.data.dataset import Dataset
 from cmfnet.data.preprocess import resample_to_spacing
 from cmfnet.errors import InputError
-from cmfnet.training.device import resolve_device
+from cmfnet.training.device import add_threads_argument, resolve_device, set_cpu_threads
 from cmfnet.training.model import TrainedModel
 from cmfnet.training.sliding_window import reporting_progress
 
@@ -280,6 +280,7 @@ def predict_files(model_dir: Path, images: list[Path], out: Path, device: str = 
 
 def run(args: argparse.Namespace) -> int:
     check_overlap(args.overlap)
+    set_cpu_threads(args.threads)
     if args.image:
         if args.dataset:
             raise InputError("--image", "give either --dataset or --image, not both")
@@ -312,6 +313,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help=f"output folder (with --dataset) or {FILE_ENDING} file (with --image)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     parser.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap, 0 <= overlap < 1")
+    add_threads_argument(parser)
     parser.add_argument("--set", action="append", metavar="params.NAME=VALUE",
                         help="change an inference-only param, e.g. params.output=ct (CmFNet's y_ct head)")
     parser.set_defaults(func=run)

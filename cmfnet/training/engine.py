@@ -1,8 +1,8 @@
 """The one training engine every method shares, and ``cmfnet train``.
 
 It owns patch sampling (every patch holds labelled voxels), the optimiser and schedule, the EMA
-teacher, checkpoints with resume after a kill, validation on the fold's validation cases with
-best-checkpoint selection, progress and logging. A method plugin only turns a batch into a loss.
+teacher, checkpoints with resume after a kill, validation on the fold's validation cases, model
+selection (``train.selection``: best or last), progress and logging. A plugin only turns a batch into a loss.
 
 Outputs of a training run (``--out DIR``), written atomically (temporary name, then rename):
 
@@ -368,15 +368,13 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         if self.teacher is not None and state["teacher"] is not None:
             self.teacher.load_state_dict(state["teacher"])
-        self.lr_origin = state["lr_origin"]
-        self.base_lr = state["base_lr"]
+        self.lr_origin, self.base_lr = state["lr_origin"], state["base_lr"]
         self.optimizer = self._make_optimizer()
         self.optimizer.load_state_dict(state["optimizer"])
         self.method.load_state_dict(state["method"])
         self.iteration = state["iteration"]
-        self.best = state["best"]
-        self.best_state = state["best_state"]
-        if self.best_state is None and self.best["iteration"] == self.iteration:
+        self.best, self.best_state = state["best"], state["best_state"]
+        if self.best_state is None and self.best["iteration"] == self.iteration and self.config.selection == "best":
             self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
         rng = state["rng"]
         self.rng.bit_generator.state = json.loads(rng["generator"])
@@ -456,9 +454,10 @@ class Trainer:
             if validate_now and val_data:
                 score = self._validate(val_data)
                 row = (row or {"iteration": self.iteration}) | {"val_dice": score}
-                if score > self.best["score"]:
+                if self.config.selection == "last" or score > self.best["score"]:
                     self.best = {"score": score, "iteration": self.iteration}
-                    self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+                    if self.config.selection == "best":  # for "last", the model's own weights are kept
+                        self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
             if row is not None:
                 train_log.append(row)
                 bar.set_postfix(loss=f"{row.get('loss', float('nan')):.4f}", val=row.get("val_dice", "-"))
@@ -473,6 +472,7 @@ class Trainer:
     def _finish(self, seconds: float) -> dict[str, Any]:
         final_state = self.best_state if self.best_state is not None else {
             k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        selected = self.best["iteration"] if self.best_state is not None else self.iteration
         meta = {"card": self.card.to_dict(), "card_path": str(self.card.path), "method_id": self.card.id,
                 "train": asdict(self.config), "max_iterations": self.max_iterations,
                 "fold": self.fold, "dataset": self.dataset.name, "dataset_path": str(self.dataset.root),
@@ -481,8 +481,8 @@ class Trainer:
                 "channel_names": self.channel_names, "normalization": self.normalization,
                 "spacing": list(self.spacing), "patch_size": self.config.patch_size,
                 "size_divisor": self.size_divisor, "seed": self.config.seed,
-                "selected_iteration": self.best["iteration"] if self.best_state is not None else self.iteration,
-                "best_val_dice": self.best["score"] if self.best_state is not None else None,
+                "selection": self.config.selection, "selected_iteration": selected,
+                "selected_val_dice": self.best["score"] if self.best["iteration"] == selected else None,
                 "seconds": round(seconds, 1), "device": str(self.device), "versions": versions(),
                 "state_hash": self.state_hash, "format": FORMAT_VERSION}
         meta = json.loads(json.dumps(meta))  # plain types only: loadable with weights_only=True
@@ -490,8 +490,9 @@ class Trainer:
         with atomic_path(self.out / "model.pt") as tmp:
             torch.save({"format": FORMAT_VERSION, "weights": final_state, "meta": meta}, tmp)
         (self.out / "last.pt").unlink(missing_ok=True)
-        self.log(f"done in {seconds:.0f} s; selected iteration {meta['selected_iteration']}"
-                 + (f" (val Dice {meta['best_val_dice']:.4f})" if meta["best_val_dice"] is not None else ""))
+        score = meta["selected_val_dice"]
+        self.log(f"done in {seconds:.0f} s; selected iteration {selected} ({self.config.selection})"
+                 + (f", val Dice {score:.4f}" if score is not None else ""))
         return meta
 
 

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 from cmfnet.data.io import counted
@@ -15,6 +14,7 @@ from cmfnet.data.dataset import Dataset
 from cmfnet.errors import InputError
 from cmfnet.training.cards import load_card
 from cmfnet.training.config import resolve_train_config
+from cmfnet.training.device import add_threads_argument, set_cpu_threads
 from cmfnet.training.engine import Trainer
 from cmfnet.training.model import read_model_file
 
@@ -49,10 +49,7 @@ def run(args: argparse.Namespace) -> int:
     config = resolve_train_config(card, preset, args.train_config)
     if args.out.exists() and not args.out.is_dir():
         raise InputError(args.out, "--out is an existing file, not a folder")
-    if args.threads is not None and args.threads < 1:
-        raise InputError("--threads", f"{args.threads}: must be >= 1")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_cpu_threads(args.threads)
     dataset = Dataset(args.dataset)
     trainer = Trainer(card, dataset, args.fold, args.out, config, device=args.device)
     if _finished_already(trainer, args.force):
@@ -81,7 +78,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="override a card field, e.g. train.iterations=3 or params.weight=0.1")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
-    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    add_threads_argument(parser)
     parser.add_argument("--force", action="store_true",
                         help="retrain even if OUT/model.pt exists (it is replaced when training completes)")
     parser.set_defaults(func=run)
