@@ -28,6 +28,7 @@ COMMANDS = {
     "predict": "cmfnet.evaluation.predict",
     "evaluate": "cmfnet.evaluation.evaluate",
     "tables": "cmfnet.evaluation.tables",
+    "curves": "cmfnet.evaluation.curves",
 }
 
 

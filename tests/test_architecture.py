@@ -137,9 +137,11 @@ def test_the_layer_rule_catches_an_upward_import(tmp_path: Path) -> None:
     assert "cmfnet.evaluation.metrics" in found and layer("cmfnet.evaluation.metrics") > layer("cmfnet.data.io")
 
 
-def test_tables_need_no_torch() -> None:
-    """`cmfnet tables` regenerates every table from stored metrics on a machine without torch."""
-    code = "import sys, cmfnet.evaluation.tables, cmfnet.cli; cmfnet.cli.build_parser('tables'); " \
+@pytest.mark.parametrize("command", ["tables", "curves"])
+def test_reports_need_no_torch(command: str) -> None:
+    """`cmfnet tables` and `cmfnet curves` regenerate their outputs from stored CSVs on a machine
+    without torch."""
+    code = f"import sys, cmfnet.evaluation.{command}, cmfnet.cli; cmfnet.cli.build_parser('{command}'); " \
            "print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "False"

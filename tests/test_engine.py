@@ -81,17 +81,21 @@ def _log_rows(out: Path) -> list[dict[str, str]]:
 AFTER_KILL = {"patch_size": [16, 16, 16], "batch_size": 2, "val_interval": 0}
 
 
-def test_resume_after_kill_matches_uninterrupted_run(tmp_path: Path, tiny_dataset: Path,
+@pytest.mark.parametrize("selection", [{}, {"selection": "last", "val_interval": 4}])
+def test_resume_after_kill_matches_uninterrupted_run(selection: dict, tmp_path: Path, tiny_dataset: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    full = make_trainer(tmp_path, tiny_dataset, "full", **AFTER_KILL)
+    """Also with selection: last and a validation at the checkpoint's iteration, where a resume must
+    not mistake the checkpoint's weights for the selected ones."""
+    settings = {**AFTER_KILL, **selection}
+    full = make_trainer(tmp_path, tiny_dataset, "full", **settings)
     full.fit()
     reference = torch.load(tmp_path / "full" / "model.pt", weights_only=True)["weights"]
 
-    kill_after(monkeypatch, make_trainer(tmp_path, tiny_dataset, "killed", **AFTER_KILL), 5)
+    kill_after(monkeypatch, make_trainer(tmp_path, tiny_dataset, "killed", **settings), 5)
     assert torch.load(tmp_path / "killed" / "last.pt", weights_only=True)["iteration"] == 4
     assert not (tmp_path / "killed" / "model.pt").exists()
 
-    resumed = make_trainer(tmp_path, tiny_dataset, "killed", **AFTER_KILL)
+    resumed = make_trainer(tmp_path, tiny_dataset, "killed", **settings)
     meta = resumed.fit()
     assert resumed.iteration == 8 and meta["selected_iteration"] == 8
     assert not (tmp_path / "killed" / "last.pt").exists()
@@ -169,7 +173,7 @@ def test_model_selection_keeps_the_best_validation_checkpoint(tmp_path: Path, ti
     monkeypatch.setattr(trainer, "_validate", scripted)
     meta = trainer.fit()
     assert sorted(validated) == [2, 4, 6, 8]
-    assert meta["selected_iteration"] == 4 and meta["best_val_dice"] == pytest.approx(0.9)
+    assert meta["selected_iteration"] == 4 and meta["selected_val_dice"] == pytest.approx(0.9)
     log = pd.read_csv(tmp_path / "out" / "train_log.csv")
     assert log["val_dice"].dropna().tolist() == pytest.approx([0.2, 0.9, 0.5, 0.1])
     weights = torch.load(tmp_path / "out" / "model.pt", weights_only=True)["weights"]
@@ -180,6 +184,22 @@ def test_model_selection_keeps_the_best_validation_checkpoint(tmp_path: Path, ti
     image, _ = Dataset(tiny_dataset).load_image(Dataset(tiny_dataset).split(0)["test"][0])
     labels = trained.segment(image, torch.device("cpu"))
     assert labels.shape == image.shape[1:] and labels.dtype == np.uint8
+
+
+def test_last_selection_keeps_the_final_weights_whatever_validation_says(
+        tmp_path: Path, tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """selection: last ignores a higher earlier score; the validations still draw the curve."""
+    trainer = make_trainer(tmp_path, tiny_dataset, val_interval=2, log_interval=2, selection="last")
+    scores = iter([0.2, 0.9, 0.5, 0.1])
+    monkeypatch.setattr(trainer, "_validate", lambda data: next(scores))
+    meta = trainer.fit()
+    assert meta["selection"] == "last" and meta["selected_iteration"] == 8
+    assert meta["selected_val_dice"] == pytest.approx(0.1)
+    weights = torch.load(tmp_path / "out" / "model.pt", weights_only=True)["weights"]
+    for key, value in trainer.model.state_dict().items():
+        assert torch.equal(weights[key], value.cpu()), key
+    assert pd.read_csv(tmp_path / "out" / "train_log.csv")["val_dice"].dropna().tolist() == pytest.approx(
+        [0.2, 0.9, 0.5, 0.1])
 
 
 def test_training_reads_train_scribbles_and_validation_labels_only(tmp_path: Path, tiny_dataset: Path,
@@ -321,4 +341,6 @@ def test_workflow_schema_knows_every_train_option() -> None:
                              / "config.schema.yaml").read_text())
     train = schema["properties"]["train"]
     assert train["additionalProperties"] is False
-    assert set(train["properties"]) == {f.name for f in dataclasses.fields(TrainConfig)}
+    # the seed comes from the top-level `seeds:` list, one training per seed
+    assert set(train["properties"]) == {f.name for f in dataclasses.fields(TrainConfig)} - {"seed"}
+    assert schema["properties"]["seeds"]["default"] == [0]

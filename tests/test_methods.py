@@ -28,7 +28,7 @@ def test_card_trains_and_predicts(method: str, tmp_path: Path, tiny_dataset: Pat
     config = TrainConfig(iterations=6, batch_size=2, patch_size=[16, 32, 32], val_interval=3,
                          checkpoint_interval=3, log_interval=3)
     meta = Trainer(card, Dataset(tiny_dataset), 0, tmp_path / method, config, device="cpu").fit()
-    assert meta["max_iterations"] == 6 and np.isfinite(meta["best_val_dice"])
+    assert meta["max_iterations"] == 6 and np.isfinite(meta["selected_val_dice"])
     trained = TrainedModel.load(tmp_path / method)
     dataset = Dataset(tiny_dataset)
     image, _ = dataset.load_image(dataset.split(0)["test"][0])

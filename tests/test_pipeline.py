@@ -75,7 +75,7 @@ def test_smoke_pipeline_writes_table1(tmp_path: Path) -> None:
     assert table["dsc_mean"].between(0, 100).all() and (table["asd_mean"] >= 0).all()
     fullysup = table.set_index("name").loc["FullySup", "dsc_mean"]
     assert fullysup > FULLYSUP_DSC_FLOOR, f"FullySup reached {fullysup:.1f} % DSC: not trained, or mis-normalised"
-    metrics = pd.read_csv(work / "results" / "metrics" / "smoke-npc" / "pce" / "fold0.csv")
+    metrics = pd.read_csv(work / "results" / "metrics" / "smoke-npc" / "pce" / "seed0" / "fold0.csv")
     assert {"case", "class", "dsc", "asd", "assd", "hd95", "empty", "seed", "config",
             "cmfnet_version"} <= set(metrics.columns) and "medpy_version" not in metrics
     assert "FullySup" in (work / "results" / "tables" / "table1.md").read_text()

@@ -37,6 +37,34 @@ def test_table_is_mean_and_std_over_cases_in_the_given_order(tmp_path: Path) -> 
     assert "70.00 ± 20.00" in (tmp_path / "out" / "table1.md").read_text()
 
 
+def test_seeds_are_averaged_per_case_and_their_spread_and_ranks_are_reported(tmp_path: Path) -> None:
+    """Two seeds: a case's DSC is its mean over seeds before the spread over cases; the seed spread
+    is the std of the per-seed means; ranks are per seed (A wins seed 0, B wins seed 1)."""
+    scores = {("a", 0): [0.8, 0.6, 0.7], ("a", 1): [0.2, 0.4, 0.3], ("b", 0): [0.5, 0.5, 0.5], ("b", 1): [0.5, 0.5, 0.5]}
+    rows = [{"method": m, "method_name": m.upper(), "data": "scribbles", "fold": i % 2, "case": f"c{i}",
+             "class": "tumour", "dsc": v, "asd": 1.0, "seed": seed}
+            for (m, seed), values in scores.items() for i, v in enumerate(values)]
+    path = tmp_path / "m.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    write_tables([path], tmp_path / "out", order=["a", "b"])
+    a, b = (row for _, row in pd.read_csv(tmp_path / "out" / "table1.csv").iterrows())
+    per_case = [statistics.mean(pair) for pair in zip(scores[("a", 0)], scores[("a", 1)])]
+    assert a["dsc_mean"] == pytest.approx(100 * statistics.mean(per_case))
+    assert a["dsc_std"] == pytest.approx(100 * statistics.stdev(per_case))
+    assert a["seeds"] == 2 and a["seed_dsc_std"] == pytest.approx(100 * statistics.stdev([0.7, 0.3]), abs=1e-3)
+    assert b["seed_dsc_std"] == pytest.approx(0.0)
+    assert a["rank_by_seed"] == "1,2" and b["rank_by_seed"] == "2,1"
+    assert "| 2 | ± 28.28 | 1,2 |" in (tmp_path / "out" / "table1.md").read_text()
+
+
+def test_a_row_repeated_within_one_seed_is_refused(tmp_path: Path) -> None:
+    path = metrics_csv(tmp_path / "a.csv", "a", "A", [0.5, 0.7])
+    frame = pd.read_csv(path)
+    pd.concat([frame, frame.assign(seed=1), frame.iloc[:1]]).to_csv(path, index=False)
+    with pytest.raises(InputError, match="duplicate rows for a seed 0 fold 0 case c0"):
+        write_tables([path], tmp_path / "out")
+
+
 def test_multi_class_table_gives_each_class_and_the_per_case_mean_over_classes(tmp_path: Path) -> None:
     dsc = {"tumour": [0.5, 0.7, 0.9, 0.6], "node": [0.1, 0.4, 0.2, 0.9]}
     rows = [{"method": "a", "method_name": "A", "data": "scribbles", "fold": i % 2, "case": f"c{i}",

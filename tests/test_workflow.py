@@ -193,13 +193,29 @@ def test_folds_outside_the_splits_are_refused_when_the_dag_is_built(finished: Pa
     assert f"fold 7 does not exist: {dataset / 'dataset.json'} gives 3 folds" in path.stdout + path.stderr
 
 
+def test_a_second_seed_trains_every_method_and_fold_again_and_only_that(finished: Path, tmp_path: Path) -> None:
+    work = copy_of(finished, tmp_path)
+    jobs = planned(work, *SMOKE, "--config", "seeds=[0,1]")
+    assert set(jobs) == {"train", "predict", "evaluate", "tables", "curves", "all"}
+    assert sorted(out[0] for out in jobs["train"]) == [f"results/models/smoke-npc/{m}/seed1/fold0/model.pt"
+                                                       for m in ("fullysup", "pce")]
+
+
+def test_a_train_seed_in_the_config_points_to_the_seeds_list(tmp_path: Path) -> None:
+    work = repo_copy(tmp_path / "repo")
+    (work / "config" / "seeded.yaml").write_text("train: {seed: 3}\n")
+    result = snakemake(work, "-n", "--cores", "1", "--configfile", "config/smoke.yaml", "config/seeded.yaml")
+    assert result.returncode != 0
+    assert "config.train.seed: the training seeds are the top-level list `seeds:`" in result.stdout + result.stderr
+
+
 # -- issue 15: a change reruns exactly what depends on it --------------------------------------------
 
 def test_adding_a_method_to_a_finished_run_plans_only_that_method_and_the_tables(
         finished: Path, tmp_path: Path) -> None:
     work = copy_of(finished, tmp_path)
     jobs = planned(work, *SMOKE, "--config", "methods=[fullysup,pce,toy]")
-    assert set(jobs) == {"train", "predict", "evaluate", "tables", "all"}
+    assert set(jobs) == {"train", "predict", "evaluate", "tables", "curves", "all"}
     for rule in ("train", "predict", "evaluate"):
         assert len(jobs[rule]) == 1 and rows(jobs, rule) == {"toy"}, jobs
 
@@ -224,7 +240,7 @@ def test_editing_a_plugin_retrains_only_its_method(finished_with_toy: Path, tmp_
     # the sweep runs the toy plugin; FullySup is the pCE plugin with the full mask as supervision
     expected = {"toy", "toy_sweep.w02"} if method == "toy" else {"pce", "fullysup"}
     assert trained(jobs) == expected
-    assert set(jobs) == {"train", "predict", "evaluate", "tables", "all"}
+    assert set(jobs) == {"train", "predict", "evaluate", "tables", "curves", "all"}
 
 
 def test_editing_a_base_card_retrains_its_variants(finished_with_toy: Path, tmp_path: Path) -> None:
@@ -243,7 +259,7 @@ def test_identical_settings_train_once(finished: Path, tmp_path: Path) -> None:
     text = dry_run(work, *SMOKE, *WITH_TOY)
     assert trained(jobs_of(text)) == {"toy", "toy_sweep.w02"}
     same = re.search(r"input: (\S+), \S+\n    output: results/predictions/smoke-npc/toy_sweep.same/", text)
-    assert same and same.group(1) == "results/models/smoke-npc/toy/fold0/model.pt"
+    assert same and same.group(1) == "results/models/smoke-npc/toy/seed0/fold0/model.pt"
 
 
 def test_deleting_a_sweep_table_plans_its_rebuild(finished_with_toy: Path, tmp_path: Path) -> None:
@@ -296,7 +312,7 @@ def test_a_by_hand_run_with_the_preset_file_trains_with_the_pipelines_block(fini
         update_config(preset, yaml.safe_load((finished / "config" / name).read_text()))
     card = load_card(finished / "methods" / "pce.yaml")
     by_hand = resolve_train_config(card, yaml.safe_load((finished / "config" / "smoke.yaml").read_text())["train"])
-    recorded = json.loads((finished / "results" / "models" / "smoke-npc" / "pce" / "fold0" / "meta.json").read_text())
+    recorded = json.loads((finished / "results" / "models" / "smoke-npc" / "pce" / "seed0" / "fold0" / "meta.json").read_text())
     assert asdict(by_hand) == recorded["train"] == asdict(resolve_train_config(card, preset["train"]))
     assert asdict(by_hand) != asdict(TrainConfig())  # without --train-config: the engine's own block
 

@@ -50,44 +50,65 @@ def collect(files: list[Path]) -> pd.DataFrame:
     if "table" not in data.columns:
         data["table"] = "table1"
     data["table"] = data["table"].fillna("table1")
-    duplicated = data.duplicated(["method", "fold", "case", "class"])
+    if "seed" not in data.columns:
+        data["seed"] = 0
+    duplicated = data.duplicated(["method", "seed", "fold", "case", "class"])
     if duplicated.any():
         row = data[duplicated].iloc[0]
-        raise InputError(row.get("source", "metrics"), f"duplicate rows for {row['method']} fold {row['fold']} "
-                                              f"case {row['case']} class {row['class']}")
+        raise InputError(row.get("source", "metrics"), f"duplicate rows for {row['method']} seed {row['seed']} "
+                                              f"fold {row['fold']} case {row['case']} class {row['class']}")
     return data
 
 
 def summarise(data: pd.DataFrame, order: list[str] | None = None) -> pd.DataFrame:
-    """One row per method: mean and std over test cases (pooled over folds), per class."""
+    """One row per method: mean and std over test cases (pooled over folds), per class.
+
+    With several training seeds a case's score is first averaged over its seeds, so the std stays
+    a spread over cases; the spread over seeds is reported apart: the std of the per-seed means of
+    the headline DSC (``seed_dsc_std``) and the method's rank in each seed (``rank_by_seed``), which
+    shows whether a ranking is stable. ``fold_dsc_std`` is the spread of the per-fold means.
+    """
+    data = data.assign(seed=data["seed"].fillna(0).astype(int)) if "seed" in data else data.assign(seed=0)
     classes = list(dict.fromkeys(data["class"]))
     rows = []
     methods = list(dict.fromkeys(data["method"]))
     if order:
         methods = [m for m in order if m in methods] + [m for m in methods if m not in order]
+    headline = _headline_per_case(data)
+    ranks = headline.groupby(["seed", "method"])["dsc"].mean().groupby("seed").rank(ascending=False, method="min")
     for method in methods:
         sub = data[data["method"] == method]
         row = {"method": method, "name": sub["method_name"].iloc[0],
                "data": sub["data"].iloc[0] if "data" in sub else "",
-               "cases": sub["case"].nunique(), "folds": sub["fold"].nunique()}
+               "cases": sub["case"].nunique(), "folds": sub["fold"].nunique(), "seeds": sub["seed"].nunique()}
+        over_seeds = sub.groupby(["class", "fold", "case"], sort=False)[["dsc", "asd"]].mean().reset_index()
         for cls in classes:
-            part = sub[sub["class"] == cls]
+            part = over_seeds[over_seeds["class"] == cls]
             prefix = "" if len(classes) == 1 else f"{cls}_"
             row[f"{prefix}dsc_mean"] = 100 * part["dsc"].mean()
             row[f"{prefix}dsc_std"] = 100 * part["dsc"].std(ddof=1)
             row[f"{prefix}asd_mean"] = part["asd"].mean()
             row[f"{prefix}asd_std"] = part["asd"].std(ddof=1)
         if len(classes) > 1:
-            per_case = sub.groupby(["fold", "case"])[["dsc", "asd"]].mean()
+            per_case = over_seeds.groupby(["fold", "case"])[["dsc", "asd"]].mean()
             row["mean_dsc_mean"] = 100 * per_case["dsc"].mean()
             row["mean_dsc_std"] = 100 * per_case["dsc"].std(ddof=1)
             row["mean_asd_mean"] = per_case["asd"].mean()
             row["mean_asd_std"] = per_case["asd"].std(ddof=1)
+        mine = headline[headline["method"] == method]
+        row["fold_dsc_std"] = 100 * mine.groupby("fold")["dsc"].mean().std(ddof=1)
+        row["seed_dsc_std"] = 100 * mine.groupby("seed")["dsc"].mean().std(ddof=1)
+        row["rank_by_seed"] = ",".join(str(int(ranks[(seed, method)])) for seed in sorted(mine["seed"].unique()))
         for column in ("seed", "config", "cmfnet_version"):
             if column in sub:
                 row[column] = ";".join(sorted({str(v) for v in sub[column].dropna()}))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _headline_per_case(data: pd.DataFrame) -> pd.DataFrame:
+    """DSC per method, seed, fold and case, averaged over classes: what the spreads and ranks use."""
+    return data.groupby(["method", "seed", "fold", "case"])["dsc"].mean().reset_index()
 
 
 def _pm(mean: float, std: float) -> str:
@@ -100,19 +121,27 @@ def to_markdown(summary: pd.DataFrame, title: str) -> str:
     for g in groups:
         label = g.rstrip("_") or ""
         header += [f"{label} DSC (%) ↑".strip(), f"{label} ASD (mm) ↓".strip()]
-    header += ["cases"]
+    header += ["cases", "folds", "DSC spread over folds", "seeds", "DSC spread over seeds", "rank per seed"]
     lines = [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in summary.iterrows():
         cells = [str(row["name"]), str(row["data"])]
         for g in groups:
             cells += [_pm(row[f"{g}dsc_mean"], row[f"{g}dsc_std"]), _pm(row[f"{g}asd_mean"], row[f"{g}asd_std"])]
-        cells.append(str(row["cases"]))
+        cells += [str(row["cases"]), str(row["folds"]), _spread(row["fold_dsc_std"]), str(row["seeds"]),
+                  _spread(row["seed_dsc_std"]), str(row["rank_by_seed"])]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append("Mean ± standard deviation over test cases pooled across folds; ASD is the directed "
-                 "average surface distance prediction → reference in mm; empty masks follow the "
-                 "policy recorded in each metrics row.")
+    lines.append("Mean ± standard deviation over test cases pooled across folds (a case's score is first "
+                 "averaged over its training seeds); ASD is the directed average surface distance "
+                 "prediction → reference in mm; empty masks follow the policy recorded in each metrics "
+                 "row. Spread over folds (seeds): standard deviation of the per-fold (per-seed) mean DSC "
+                 "in points, – with one fold (seed). Rank per seed: the method's DSC rank in this "
+                 "table, seed by seed.")
     return "\n".join(lines) + "\n"
+
+
+def _spread(std: float) -> str:
+    return "–" if pd.isna(std) else f"± {std:.2f}"
 
 
 def plot_sweep(summary: pd.DataFrame, path: Path, title: str) -> None:

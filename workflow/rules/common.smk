@@ -21,8 +21,12 @@ def check_config(schema_file):
     """Refuse a bad config in one line that names the key (Snakemake's validate prints the whole
     schema); validate() below then fills in the defaults."""
     schema = yaml.safe_load(Path(schema_file).read_text())
-    if isinstance(config.get("folds"), list):  # --config folds=[0,1] gives strings
-        config["folds"] = [int(f) if isinstance(f, str) and f.isdigit() else f for f in config["folds"]]
+    for key in ("folds", "seeds"):  # --config folds=[0,1] gives strings
+        if isinstance(config.get(key), list):
+            config[key] = [int(v) if isinstance(v, str) and v.isdigit() else v for v in config[key]]
+    if isinstance(config.get("train"), dict) and "seed" in config["train"]:
+        raise InputError("config.train.seed", "the training seeds are the top-level list `seeds:` "
+                                              "(e.g. seeds: [0, 1, 2]); every seed trains every method and fold")
     error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))
     if error is None:
         return
@@ -41,6 +45,18 @@ METHODS_DIR = Path(config["methods_dir"])
 PROTOCOL = config["protocol_version"]
 #: the preset's network: block, applied to every card after its own network (card_of, card_args)
 NETWORK_OVERRIDES = network_overrides(config["network"])
+wildcard_constraints:
+    seed=r"\d+",
+    fold=r"\d+",
+
+
+#: every method x fold trains once per seed; tables average a case over its seeds
+SEEDS = config["seeds"]
+
+
+def train_block(seed):
+    """The preset's train: block for one training seed (the seed is part of the model's settings)."""
+    return {**config["train"], "seed": int(seed)}
 
 
 def dataset_dir():
@@ -85,7 +101,8 @@ def model_id(method):
 
 
 def model_of(wildcards):
-    return f"results/models/{wildcards.dataset}/{model_id(wildcards.method)}/fold{wildcards.fold}/model.pt"
+    return (f"results/models/{wildcards.dataset}/{model_id(wildcards.method)}/seed{wildcards.seed}/"
+            f"fold{wildcards.fold}/model.pt")
 
 
 def predict_overrides(wildcards):
@@ -148,22 +165,23 @@ def card_args(wildcards):
 
 
 def train_config_json(wildcards):
-    return json.dumps(config["train"], sort_keys=True)
+    return json.dumps(train_block(wildcards.seed), sort_keys=True)
 
 
 def training_hash(wildcards):
     """The resolved card (base card included), training block and protocol version, as a hash:
     a param of train, so a change to any of them retrains, and a comment in a card does not."""
-    return digest(training_settings(card_of(wildcards.method), config["train"], PROTOCOL))
+    return digest(training_settings(card_of(wildcards.method), train_block(wildcards.seed), PROTOCOL))
 
 
 def evaluate_tags(wildcards):
     card = card_of(wildcards.method)
-    provenance = row_hash(card, config["train"], PROTOCOL, dataset=config["dataset"], fold=wildcards.fold,
+    train = train_block(wildcards.seed)
+    provenance = row_hash(card, train, PROTOCOL, dataset=config["dataset"], fold=wildcards.fold,
                           scribble_seed=config["scribbles"]["seed"], predict=config["predict"])
     tags = {"dataset": DATASET, "method": wildcards.method, "method_name": card.name,
             "table": table_of(wildcards.method), "data": "masks" if card.supervision == "mask" else "scribbles",
-            "fold": wildcards.fold, "seed": resolve_train_config(card, config["train"]).seed,
+            "fold": wildcards.fold, "seed": resolve_train_config(card, train).seed,
             "config": provenance}
     return " ".join(f"--tag '{k}={v}'" for k, v in tags.items())
 
@@ -176,8 +194,8 @@ def job_gpus(wildcards):
 
 
 def metrics_files(wildcards=None):
-    return expand("results/metrics/{dataset}/{method}/fold{fold}.csv", dataset=DATASET,
-                  method=all_method_ids(), fold=folds())
+    return expand("results/metrics/{dataset}/{method}/seed{seed}/fold{fold}.csv", dataset=DATASET,
+                  method=all_method_ids(), seed=SEEDS, fold=folds())
 
 
 def table_of(method):
@@ -201,5 +219,15 @@ def tables_code():
     return workdir_relative(Path(importlib.util.find_spec("cmfnet.evaluation.tables").origin))
 
 
+def trained_models(wildcards=None):
+    """Every model the configured rows read, once each (variants with equal settings share one)."""
+    ids = list(dict.fromkeys(model_id(method) for method in all_method_ids()))
+    return expand("results/models/{dataset}/{model}/seed{seed}/fold{fold}/model.pt", dataset=DATASET,
+                  model=ids, seed=SEEDS, fold=folds())
+
+
+CURVE_OUTPUTS = ["results/tables/convergence.csv", "results/tables/convergence.md", "results/figures/curves.png"]
+
+
 def final_outputs():
-    return table_outputs() + ["results/tables/provenance.json"]
+    return table_outputs() + ["results/tables/provenance.json"] + CURVE_OUTPUTS

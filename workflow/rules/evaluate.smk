@@ -5,12 +5,12 @@
 
 rule evaluate:
     input:
-        predictions="results/predictions/{dataset}/{method}/fold{fold}",
+        predictions="results/predictions/{dataset}/{method}/seed{seed}/fold{fold}",
         dataset="results/data/{dataset}/dataset.json",
     output:
-        "results/metrics/{dataset}/{method}/fold{fold}.csv",
+        "results/metrics/{dataset}/{method}/seed{seed}/fold{fold}.csv",
     log:
-        "logs/evaluate/{dataset}/{method}/fold{fold}.log",
+        "logs/evaluate/{dataset}/{method}/seed{seed}/fold{fold}.log",
     params:
         tags=evaluate_tags,
     threads: 1
@@ -43,3 +43,28 @@ rule tables:
         "../envs/cmfnet.yaml"
     shell:
         "cmfnet tables --metrics {input.metrics} --out results/tables --order {params.order} > {log} 2>&1"
+
+
+# Learning curves and the convergence verdict (docs/protocol.md) from every model's train_log.csv,
+# which lies beside its model.pt; like the tables, reading logs never retrains.
+rule curves:
+    input:
+        models=trained_models,
+    output:
+        table=report(CURVE_OUTPUTS[0], caption="../report/tables.rst", category="Convergence"),
+        markdown=CURVE_OUTPUTS[1],
+        figure=report(CURVE_OUTPUTS[2], caption="../report/tables.rst", category="Convergence"),
+    log:
+        "logs/curves.log",
+    params:
+        logs=lambda wildcards, input: " ".join(str(Path(m).parent / "train_log.csv") for m in input.models),
+        order=lambda wildcards: ",".join(dict.fromkeys(model_id(m) for m in all_method_ids())),
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/cmfnet.yaml"
+    shell:
+        "cmfnet curves --logs {params.logs} --out-table results/tables/convergence "
+        "--out-figure {output.figure} --order {params.order} > {log} 2>&1"
