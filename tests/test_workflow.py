@@ -248,7 +248,8 @@ def test_editing_a_base_card_retrains_its_variants(finished_with_toy: Path, tmp_
     edit(work / "methods" / "toy.yaml", "# a comment is not a setting\n")
     assert planned(work, *SMOKE, *WITH_TOY) == {}
     card = work / "methods" / "toy.yaml"
-    card.write_text(card.read_text().replace("width: 4", "width: 8"))
+    # an option the preset's network: block does not override (it sets width and dropout)
+    card.write_text(card.read_text().replace("width: 4}", "width: 4, act: prelu}"))
     jobs = planned(work, *SMOKE, *WITH_TOY)
     assert trained(jobs) == {"toy", "toy_sweep.w02"}  # toy_sweep.same reads toy's model
     assert rows(jobs, "predict") == {"toy", "toy_sweep.w02", "toy_sweep.same"}
