@@ -25,6 +25,7 @@ import pandas as pd  # noqa: E402
 
 from cmfnet.errors import InputError  # noqa: E402
 from cmfnet.data.io import atomic_path, write_json  # noqa: E402
+from cmfnet.evaluation.statistics import bootstrap_ci, holm, paired_wilcoxon  # noqa: E402
 
 REQUIRED = ("method", "method_name", "fold", "case", "class", "dsc", "asd")
 
@@ -60,13 +61,16 @@ def collect(files: list[Path]) -> pd.DataFrame:
     return data
 
 
-def summarise(data: pd.DataFrame, order: list[str] | None = None) -> pd.DataFrame:
+def summarise(data: pd.DataFrame, order: list[str] | None = None, reference: str | None = "cmfnet") -> pd.DataFrame:
     """One row per method: mean and std over test cases (pooled over folds), per class.
 
     With several training seeds a case's score is first averaged over its seeds, so the std stays
     a spread over cases; the spread over seeds is reported apart: the std of the per-seed means of
     the headline DSC (``seed_dsc_std``) and the method's rank in each seed (``rank_by_seed``), which
     shows whether a ranking is stable. ``fold_dsc_std`` is the spread of the per-fold means.
+    ``dsc_ci_low``/``dsc_ci_high`` bound the mean DSC (bootstrap 95 %); ``p_vs_reference`` is a
+    paired Wilcoxon test against the ``reference`` row over the same seeds, folds and cases, and
+    ``p_holm`` its Holm correction over the table's rows (see :mod:`cmfnet.evaluation.statistics`).
     """
     data = data.assign(seed=data["seed"].fillna(0).astype(int)) if "seed" in data else data.assign(seed=0)
     classes = list(dict.fromkeys(data["class"]))
@@ -96,6 +100,9 @@ def summarise(data: pd.DataFrame, order: list[str] | None = None) -> pd.DataFram
             row["mean_asd_mean"] = per_case["asd"].mean()
             row["mean_asd_std"] = per_case["asd"].std(ddof=1)
         mine = headline[headline["method"] == method]
+        per_case = mine.groupby(["fold", "case"])["dsc"].mean().to_numpy()
+        row["dsc_ci_low"], row["dsc_ci_high"] = (100 * v for v in bootstrap_ci(per_case))
+        row["p_vs_reference"] = _paired_p(headline, method, reference)
         row["fold_dsc_std"] = 100 * mine.groupby("fold")["dsc"].mean().std(ddof=1)
         row["seed_dsc_std"] = 100 * mine.groupby("seed")["dsc"].mean().std(ddof=1)
         row["rank_by_seed"] = ",".join(str(int(ranks[(seed, method)])) for seed in sorted(mine["seed"].unique()))
@@ -103,7 +110,19 @@ def summarise(data: pd.DataFrame, order: list[str] | None = None) -> pd.DataFram
             if column in sub:
                 row[column] = ";".join(sorted({str(v) for v in sub[column].dropna()}))
         rows.append(row)
-    return pd.DataFrame(rows)
+    summary = pd.DataFrame(rows)
+    summary["reference"] = reference if reference in methods else ""
+    summary["p_holm"] = holm(summary["p_vs_reference"].tolist())
+    return summary
+
+
+def _paired_p(headline: pd.DataFrame, method: str, reference: str | None) -> float:
+    """Wilcoxon p-value of ``method`` against ``reference`` on their shared (seed, fold, case) units."""
+    if reference is None or method == reference or reference not in set(headline["method"]):
+        return float("nan")
+    units = ["seed", "fold", "case"]
+    pairs = headline[headline["method"] == method].merge(headline[headline["method"] == reference], on=units)
+    return paired_wilcoxon(pairs["dsc_x"].to_numpy(), pairs["dsc_y"].to_numpy())
 
 
 def _headline_per_case(data: pd.DataFrame) -> pd.DataFrame:
@@ -121,14 +140,20 @@ def to_markdown(summary: pd.DataFrame, title: str) -> str:
     for g in groups:
         label = g.rstrip("_") or ""
         header += [f"{label} DSC (%) ↑".strip(), f"{label} ASD (mm) ↓".strip()]
-    header += ["cases", "folds", "DSC spread over folds", "seeds", "DSC spread over seeds", "rank per seed"]
+    header += ["DSC 95 % CI", "cases", "folds", "DSC spread over folds", "seeds", "DSC spread over seeds",
+               "rank per seed"]
+    reference = summary["reference"].iloc[0] if len(summary) else ""
+    if reference:
+        header.append(f"p vs {summary.set_index('method').loc[reference, 'name']} (Holm)")
     lines = [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in summary.iterrows():
         cells = [str(row["name"]), str(row["data"])]
         for g in groups:
             cells += [_pm(row[f"{g}dsc_mean"], row[f"{g}dsc_std"]), _pm(row[f"{g}asd_mean"], row[f"{g}asd_std"])]
-        cells += [str(row["cases"]), str(row["folds"]), _spread(row["fold_dsc_std"]), str(row["seeds"]),
-                  _spread(row["seed_dsc_std"]), str(row["rank_by_seed"])]
+        cells += [_interval(row["dsc_ci_low"], row["dsc_ci_high"]), str(row["cases"]), str(row["folds"]),
+                  _spread(row["fold_dsc_std"]), str(row["seeds"]), _spread(row["seed_dsc_std"]), str(row["rank_by_seed"])]
+        if reference:
+            cells.append(_p(row["p_holm"]))
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("Mean ± standard deviation over test cases pooled across folds (a case's score is first "
@@ -136,8 +161,20 @@ def to_markdown(summary: pd.DataFrame, title: str) -> str:
                  "prediction → reference in mm; empty masks follow the policy recorded in each metrics "
                  "row. Spread over folds (seeds): standard deviation of the per-fold (per-seed) mean DSC "
                  "in points, – with one fold (seed). Rank per seed: the method's DSC rank in this "
-                 "table, seed by seed.")
+                 "table, seed by seed. CI: bootstrap 95 % interval of the mean DSC over cases. p: "
+                 "two-sided paired Wilcoxon signed-rank test of the case DSCs against the reference "
+                 "row over the same seeds, folds and cases, Holm-corrected over the rows; * p < 0.05.")
     return "\n".join(lines) + "\n"
+
+
+def _interval(low: float, high: float) -> str:
+    return "–" if pd.isna(low) else f"[{low:.1f}, {high:.1f}]"
+
+
+def _p(value: float) -> str:
+    if pd.isna(value):
+        return "–"
+    return (f"{value:.2g}" if value >= 0.001 else "< 0.001") + (" *" if value < 0.05 else "")
 
 
 def _spread(std: float) -> str:
@@ -175,12 +212,13 @@ def metric_files(results: Path) -> list[Path]:
     return files
 
 
-def write_tables(files: list[Path], out: Path, order: list[str] | None = None) -> list[Path]:
+def write_tables(files: list[Path], out: Path, order: list[str] | None = None,
+                 reference: str | None = "cmfnet") -> list[Path]:
     data = collect(files)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for table, part in data.groupby("table", sort=True):
-        summary = summarise(part, order)
+        summary = summarise(part, order, reference)
         csv_path, md_path = out / f"{table}.csv", out / f"{table}.md"
         with atomic_path(csv_path) as tmp:
             summary.to_csv(tmp, index=False, float_format="%.4f")
@@ -203,7 +241,8 @@ def run(args: argparse.Namespace) -> int:
     if bool(args.results) == bool(args.metrics):
         raise InputError("--results", "give either --results DIR or --metrics FILE ...")
     files = args.metrics or metric_files(args.results)
-    for path in write_tables(files, args.out, order):
+    reference = None if args.reference == "none" else args.reference
+    for path in write_tables(files, args.out, order, reference):
         print(f"wrote {path}")
     table1 = args.out / "table1.md"
     if table1.is_file():
@@ -220,4 +259,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--metrics", type=Path, nargs="+", help="or: exactly these metrics CSVs")
     parser.add_argument("--out", type=Path, required=True, help="output folder for the tables")
     parser.add_argument("--order", help="comma-separated method ids: the row order of the tables")
+    parser.add_argument("--reference", default="cmfnet",
+                        help="method id every row is tested against (paired Wilcoxon, Holm); none: no tests")
     parser.set_defaults(func=run)
