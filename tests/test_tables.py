@@ -129,3 +129,16 @@ def test_mixed_datasets_and_duplicates_are_refused(tmp_path: Path) -> None:
     twin = metrics_csv(tmp_path / "3.csv", "a", "A", [0.5], dataset="x")
     with pytest.raises(InputError, match="duplicate"):
         write_tables([one, twin], tmp_path / "out")
+
+
+def test_latex_table_bolds_the_best_and_underlines_the_second_in_each_column(tmp_path: Path) -> None:
+    """DSC: higher is better; ASD: lower is better (metrics_csv sets ASD = 10 * (1 - DSC), so the
+    two columns rank the rows the same way round)."""
+    files = [metrics_csv(tmp_path / "m" / f"{m}.csv", m, name, dsc)
+             for m, name, dsc in (("a", "A_1", [0.5, 0.7]), ("b", "B", [0.8, 0.9]), ("c", "C", [0.1, 0.2]))]
+    write_tables(files, tmp_path / "out", order=["a", "b", "c"])
+    lines = (tmp_path / "out" / "table1.tex").read_text().splitlines()
+    a, b, c = (next(line for line in lines if line.startswith(prefix)) for prefix in ("A\\_1 &", "B &", "C &"))
+    assert b.count("\\textbf{") == 2 and a.count("\\underline{") == 2
+    assert "\\textbf" not in c and "\\underline" not in c and "\\textbf" not in a
+    assert "\\textbf{85.00 $\\pm$ 7.07}" in b and "\\underline{4.00 $\\pm$ 1.41}" in a

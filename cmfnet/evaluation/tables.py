@@ -6,7 +6,8 @@ comparison, ``table3``... for cards or variant files that name a table):
 
 - ``<table>.csv``: one row per method with n cases, folds, and mean and std of DSC (%) and ASD (mm)
   per class (and their mean over classes when there are several);
-- ``<table>.md``: the same as "mean ± std" in the paper's layout;
+- ``<table>.md``: the same as "mean ± std" in the paper's layout, with CI, spreads and tests;
+- ``<table>.tex``: the paper's layout for LaTeX (booktabs), best in bold, second underlined;
 - ``figures/<table>.png`` for sweep tables (``fig*``): DSC and ASD against the swept variant.
 
 Nothing is retrained: editing this module or re-running ``cmfnet tables`` only re-reads the CSVs.
@@ -167,6 +168,38 @@ def to_markdown(summary: pd.DataFrame, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def to_latex(summary: pd.DataFrame, title: str) -> str:
+    """A booktabs table in the paper's layout: per metric column the best value in bold, the
+    second underlined (DSC: higher is better, ASD: lower)."""
+    groups = [c[: -len("dsc_mean")] for c in summary.columns if c.endswith("dsc_mean")]
+    columns = [(g, metric) for g in groups for metric in ("dsc", "asd")]
+    names = {"dsc": "DSC (\\%)", "asd": "ASD (mm)"}
+    header = ["Methods", "Data"] + [(_latex_escape(g.rstrip("_")) + " " if g else "") + names[m] for g, m in columns]
+    marks = {}
+    for g, metric in columns:
+        values = summary[f"{g}{metric}_mean"].round(2)
+        ranked = sorted(values.dropna().unique(), reverse=metric == "dsc")
+        marks[(g, metric)] = {v: style for v, style in zip(ranked, ("\\textbf{{{}}}", "\\underline{{{}}}"))}
+    lines = ["% " + title, "\\begin{tabular}{ll" + "c" * len(columns) + "}", "\\toprule",
+             " & ".join(header) + " \\\\", "\\midrule"]
+    for _, row in summary.iterrows():
+        cells = [_latex_escape(str(row["name"])), _latex_escape(str(row["data"]))]
+        for g, metric in columns:
+            mean, std = row[f"{g}{metric}_mean"], row[f"{g}{metric}_std"]
+            text = f"{mean:.2f} $\\pm$ {0.0 if pd.isna(std) else std:.2f}"
+            style = marks[(g, metric)].get(round(mean, 2))
+            cells.append(style.format(text) if style else text)
+        lines.append(" & ".join(cells) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def _latex_escape(text: str) -> str:
+    for char in "&%$#_{}":
+        text = text.replace(char, "\\" + char)
+    return text
+
+
 def _interval(low: float, high: float) -> str:
     return "–" if pd.isna(low) else f"[{low:.1f}, {high:.1f}]"
 
@@ -219,12 +252,14 @@ def write_tables(files: list[Path], out: Path, order: list[str] | None = None,
     written = []
     for table, part in data.groupby("table", sort=True):
         summary = summarise(part, order, reference)
-        csv_path, md_path = out / f"{table}.csv", out / f"{table}.md"
+        csv_path, md_path, tex_path = (out / f"{table}.{ext}" for ext in ("csv", "md", "tex"))
         with atomic_path(csv_path) as tmp:
             summary.to_csv(tmp, index=False, float_format="%.4f")
         with atomic_path(md_path) as tmp:
             tmp.write_text(to_markdown(summary, str(table)))
-        written += [csv_path, md_path]
+        with atomic_path(tex_path) as tmp:
+            tmp.write_text(to_latex(summary, str(table)))
+        written += [csv_path, md_path, tex_path]
         if str(table).startswith("fig"):
             figure = out.parent / "figures" / f"{table}.png"
             figure.parent.mkdir(parents=True, exist_ok=True)

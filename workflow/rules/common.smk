@@ -210,7 +210,7 @@ def table_names():
 def table_outputs():
     """Every file `cmfnet tables` writes for this config: a declared output and a target each."""
     tables = table_names()
-    files = expand("results/tables/{table}.{ext}", table=tables, ext=["csv", "md"])
+    files = expand("results/tables/{table}.{ext}", table=tables, ext=["csv", "md", "tex"])
     return files + expand("results/figures/{table}.png", table=[t for t in tables if t.startswith("fig")])
 
 
