@@ -326,3 +326,31 @@ def test_cli_needs_a_reference_folder_or_a_dataset(tmp_path: Path, evaluate_cli,
                          "--out", str(tmp_path / "m.csv")])
     assert code == 2
     assert "--dataset" in capsys.readouterr().err
+
+
+# -- normalised surface Dice -----------------------------------------------------------------------
+@pytest.mark.parametrize("tolerance", [0.0, 1.3, 3.0])
+def test_nsd_is_the_share_of_surface_voxels_within_the_tolerance_by_brute_force(tolerance: float) -> None:
+    """Every pair of surface voxels measured in mm (no distance transform), anisotropic spacing."""
+    rng = np.random.default_rng(7)
+    ref = ndimage.binary_dilation(rng.random((6, 12, 10)) > 0.93, iterations=1)
+    pred = ndimage.binary_dilation(rng.random((6, 12, 10)) > 0.93, iterations=1)
+    spacing = (2.0, 0.7, 1.1)
+    footprint = ndimage.generate_binary_structure(3, 1)
+    surfaces = [np.argwhere(m ^ ndimage.binary_erosion(m, structure=footprint)) * np.array(spacing)
+                for m in (pred, ref)]
+    distances = np.sqrt(((surfaces[0][:, None, :] - surfaces[1][None, :, :]) ** 2).sum(-1))
+    within = np.count_nonzero(distances.min(1) <= tolerance) + np.count_nonzero(distances.min(0) <= tolerance)
+    (row,) = evaluate_case(pred.astype(np.uint8), ref.astype(np.uint8), spacing, {1: "a"}, nsd_tolerance_mm=tolerance)
+    assert row["nsd"] == pytest.approx(within / (distances.shape[0] + distances.shape[1]))
+    assert row["nsd_tolerance_mm"] == tolerance
+    assert 0 < row["nsd"] <= 1 if tolerance else row["nsd"] < 1
+
+
+def test_nsd_of_empty_masks_is_one_when_both_are_empty_and_zero_when_one_is() -> None:
+    empty, blob = np.zeros((4, 8, 8), np.uint8), np.zeros((4, 8, 8), np.uint8)
+    blob[1:3, 2:6, 2:6] = 1
+    assert evaluate_case(empty, empty, SPACING, {1: "a"})[0]["nsd"] == 1.0
+    assert evaluate_case(empty, blob, SPACING, {1: "a"})[0]["nsd"] == 0.0
+    assert evaluate_case(blob, empty, SPACING, {1: "a"})[0]["nsd"] == 0.0
+    assert evaluate_case(blob, blob, SPACING, {1: "a"})[0]["nsd"] == 1.0

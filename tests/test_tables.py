@@ -142,3 +142,16 @@ def test_latex_table_bolds_the_best_and_underlines_the_second_in_each_column(tmp
     assert b.count("\\textbf{") == 2 and a.count("\\underline{") == 2
     assert "\\textbf" not in c and "\\underline" not in c and "\\textbf" not in a
     assert "\\textbf{85.00 $\\pm$ 7.07}" in b and "\\underline{4.00 $\\pm$ 1.41}" in a
+
+
+def test_secondary_metrics_are_the_mean_over_classes_per_case(tmp_path: Path) -> None:
+    rows = [{"method": "a", "method_name": "A", "data": "masks", "fold": 0, "case": f"c{i}", "class": cls,
+             "dsc": 0.5, "asd": 1.0, "assd": 1.0 + i + k, "hd95": 2.0, "nsd": 0.1 * (i + 1) + 0.2 * k}
+            for i in range(3) for k, cls in enumerate(("x", "y"))]
+    path = tmp_path / "a.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    write_tables([path], tmp_path / "out")
+    row = pd.read_csv(tmp_path / "out" / "table1.csv").iloc[0]
+    assert row["assd_mean"] == pytest.approx(2.5) and row["assd_std"] == pytest.approx(1.0)
+    assert row["nsd_mean"] == pytest.approx(0.3) and row["nsd_std"] == pytest.approx(0.1)
+    assert "| A | 2.50 ± 1.00 | 2.00 ± 0.00 | 0.30 ± 0.10 |" in (tmp_path / "out" / "table1.md").read_text()

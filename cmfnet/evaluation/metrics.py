@@ -10,6 +10,12 @@ Every value agrees with ``medpy.metric.binary`` 0.5.2 (``dc``, ``asd``, ``assd``
 
 Which case applied is recorded in every row (column ``empty``), with the penalty value.
 
+NSD (normalised surface Dice, Nikolov et al. 2021; medpy has none) is the share of both surfaces'
+voxels that lie within ``nsd_tolerance_mm`` of the other surface, on the same surface voxels and
+distances as asd/assd/hd95 (the voxel-count form, not the surface-area-weighted one). The tolerance
+(2 mm by default, about one in-plane voxel of the default data) is recorded in every row. Both
+masks empty: 1; one empty: 0.
+
 Speed: medpy runs an erosion and a Euclidean distance transform over the whole image for every
 directed distance (five transforms for asd + assd + hd95). Here each class is cropped to the
 bounding box of the union of its two masks, each surface is extracted once and each direction is
@@ -28,8 +34,9 @@ import numpy as np
 from scipy import ndimage
 
 EMPTY_NONE, EMPTY_BOTH, EMPTY_PRED, EMPTY_REF = "none", "both", "pred", "ref"
-METRIC_COLUMNS = ("class_id", "class", "dsc", "asd", "assd", "hd95", "tp", "fp", "fn",
-                  "n_pred", "n_ref", "empty", "penalty_mm")
+METRIC_COLUMNS = ("class_id", "class", "dsc", "asd", "assd", "hd95", "nsd", "tp", "fp", "fn",
+                  "n_pred", "n_ref", "empty", "penalty_mm", "nsd_tolerance_mm")
+NSD_TOLERANCE_MM = 2.0
 VERSION_COLUMNS = ("cmfnet_version",)  # medpy is a test-only dependency: rows never need it
 
 
@@ -65,7 +72,7 @@ def _union_box(a: tuple[slice, ...] | None, b: tuple[slice, ...] | None) -> tupl
 
 
 def evaluate_case(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float],
-                  class_names: Mapping[int, str]) -> list[dict[str, Any]]:
+                  class_names: Mapping[int, str], nsd_tolerance_mm: float = NSD_TOLERANCE_MM) -> list[dict[str, Any]]:
     """One row per class in ``class_names`` (background 0 skipped) for one case.
 
     ``pred`` and ``ref`` are non-negative integer label maps on the same grid, ``spacing`` in
@@ -89,7 +96,7 @@ def evaluate_case(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float],
         row: dict[str, Any] = {"class_id": k, "class": class_names[k]}
         pred_box, ref_box = pred_boxes[k - 1], ref_boxes[k - 1]
         if pred_box is None and ref_box is None:
-            row.update(dsc=1.0, asd=0.0, assd=0.0, hd95=0.0, tp=0, fp=0, fn=0, n_pred=0, n_ref=0,
+            row.update(dsc=1.0, asd=0.0, assd=0.0, hd95=0.0, nsd=1.0, tp=0, fp=0, fn=0, n_pred=0, n_ref=0,
                        empty=EMPTY_BOTH)
         else:
             box = _union_box(pred_box, ref_box)
@@ -99,14 +106,15 @@ def evaluate_case(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float],
             row.update(dsc=2.0 * tp / (n_pred + n_ref), tp=tp, fp=n_pred - tp, fn=n_ref - tp,
                        n_pred=n_pred, n_ref=n_ref)
             if pred_box is None or ref_box is None:
-                row.update(asd=penalty, assd=penalty, hd95=penalty,
+                row.update(asd=penalty, assd=penalty, hd95=penalty, nsd=0.0,
                            empty=EMPTY_PRED if pred_box is None else EMPTY_REF)
             else:
                 to_ref, to_pred = surface_distances(pred_mask, ref_mask, spacing)
                 pooled = np.concatenate([to_ref, to_pred])  # medpy's order: pred->ref first
                 row.update(asd=float(to_ref.mean()), assd=float(pooled.mean()),
-                           hd95=float(np.percentile(pooled, 95)), empty=EMPTY_NONE)
-        row["penalty_mm"] = penalty
+                           hd95=float(np.percentile(pooled, 95)),
+                           nsd=float(np.count_nonzero(pooled <= nsd_tolerance_mm) / pooled.size), empty=EMPTY_NONE)
+        row["penalty_mm"], row["nsd_tolerance_mm"] = penalty, nsd_tolerance_mm
         rows.append({column: row[column] for column in METRIC_COLUMNS})
     return rows
 

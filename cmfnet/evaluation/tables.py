@@ -29,6 +29,7 @@ from cmfnet.data.io import atomic_path, write_json  # noqa: E402
 from cmfnet.evaluation.statistics import bootstrap_ci, holm, paired_wilcoxon  # noqa: E402
 
 REQUIRED = ("method", "method_name", "fold", "case", "class", "dsc", "asd")
+SECONDARY = ("assd", "hd95", "nsd")  # reported when the metrics rows have them
 
 
 def collect(files: list[Path]) -> pd.DataFrame:
@@ -100,6 +101,10 @@ def summarise(data: pd.DataFrame, order: list[str] | None = None, reference: str
             row["mean_dsc_std"] = 100 * per_case["dsc"].std(ddof=1)
             row["mean_asd_mean"] = per_case["asd"].mean()
             row["mean_asd_std"] = per_case["asd"].std(ddof=1)
+        for metric in SECONDARY:  # the headline value: one class, or the per-case mean over classes
+            if metric in sub:
+                values = sub.groupby(["fold", "case"])[metric].mean()  # over seeds and classes
+                row[f"{metric}_mean"], row[f"{metric}_std"] = values.mean(), values.std(ddof=1)
         mine = headline[headline["method"] == method]
         per_case = mine.groupby(["fold", "case"])["dsc"].mean().to_numpy()
         row["dsc_ci_low"], row["dsc_ci_high"] = (100 * v for v in bootstrap_ci(per_case))
@@ -156,6 +161,13 @@ def to_markdown(summary: pd.DataFrame, title: str) -> str:
         if reference:
             cells.append(_p(row["p_holm"]))
         lines.append("| " + " | ".join(cells) + " |")
+    secondary = [m for m in SECONDARY if f"{m}_mean" in summary]
+    if secondary:
+        names = {"assd": "ASSD (mm) ↓", "hd95": "HD95 (mm) ↓", "nsd": "NSD ↑"}
+        lines += ["", "| Methods | " + " | ".join(names[m] for m in secondary) + " |",
+                  "|" + "---|" * (len(secondary) + 1)]
+        for _, row in summary.iterrows():
+            lines.append(f"| {row['name']} | " + " | ".join(_pm(row[f'{m}_mean'], row[f'{m}_std']) for m in secondary) + " |")
     lines.append("")
     lines.append("Mean ± standard deviation over test cases pooled across folds (a case's score is first "
                  "averaged over its training seeds); ASD is the directed average surface distance "
@@ -164,7 +176,9 @@ def to_markdown(summary: pd.DataFrame, title: str) -> str:
                  "in points, – with one fold (seed). Rank per seed: the method's DSC rank in this "
                  "table, seed by seed. CI: bootstrap 95 % interval of the mean DSC over cases. p: "
                  "two-sided paired Wilcoxon signed-rank test of the case DSCs against the reference "
-                 "row over the same seeds, folds and cases, Holm-corrected over the rows; * p < 0.05.")
+                 "row over the same seeds, folds and cases, Holm-corrected over the rows; * p < 0.05. "
+                 "ASSD, HD95 and NSD (at the tolerance recorded in the metrics rows) are for the mean "
+                 "over classes.")
     return "\n".join(lines) + "\n"
 
 
