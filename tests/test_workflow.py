@@ -24,6 +24,7 @@ import yaml
 from snakemake.utils import update_config
 
 from cmfnet.training.config import TrainConfig, resolve_train_config
+from cmfnet.training.train import layered_train_block
 from cmfnet.training.cards import load_card
 from cmfnet.provenance import plugin_sources, trained_as
 from test_pipeline import TOY_PLUGIN  # the toy of the one-module-plus-one-card test
@@ -307,15 +308,18 @@ def test_bumping_the_protocol_version_retrains_every_method(finished: Path, tmp_
 
 
 def test_a_by_hand_run_with_the_preset_file_trains_with_the_pipelines_block(finished: Path) -> None:
-    """docs/adding-a-method.md: `cmfnet train ... --train-config config/smoke.yaml` matches the pipeline."""
+    """docs/adding-a-method.md: `cmfnet train ... --train-config config/config.yaml --train-config
+    config/smoke.yaml` matches the pipeline; smoke.yaml alone does not (it overrides the default)."""
     preset: dict = {}
-    for name in ("config.yaml", "smoke.yaml"):  # how Snakemake merges the pipeline's config
-        update_config(preset, yaml.safe_load((finished / "config" / name).read_text()))
+    files = [str(finished / "config" / name) for name in ("config.yaml", "smoke.yaml")]
+    for name in files:  # how Snakemake merges the pipeline's config
+        update_config(preset, yaml.safe_load(Path(name).read_text()))
     card = load_card(finished / "methods" / "pce.yaml")
-    by_hand = resolve_train_config(card, yaml.safe_load((finished / "config" / "smoke.yaml").read_text())["train"])
+    by_hand = resolve_train_config(card, layered_train_block(files))
     recorded = json.loads((finished / "results" / "models" / "smoke-npc" / "pce" / "seed0" / "fold0" / "meta.json").read_text())
     assert asdict(by_hand) == recorded["train"] == asdict(resolve_train_config(card, preset["train"]))
     assert asdict(by_hand) != asdict(TrainConfig())  # without --train-config: the engine's own block
+    assert asdict(by_hand) != asdict(resolve_train_config(card, layered_train_block(files[1:])))
 
 
 def test_tables_names_the_folder_it_searched(tmp_path: Path) -> None:

@@ -34,19 +34,30 @@ def _finished_already(trainer: Trainer, force: bool) -> bool:
     return True
 
 
+def _read_train_block(text: str) -> dict[str, Any]:
+    """One --train-config value: a preset file's `train:` block, or a JSON object."""
+    try:
+        data = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(Path(text).read_text())
+    except (json.JSONDecodeError, yaml.YAMLError, OSError) as err:
+        raise InputError(text[:80], f"cannot read train config ({err})") from None
+    block = data.get("train", data) if isinstance(data, dict) else data
+    if not isinstance(block, dict):
+        raise InputError(text[:80], "a train config must be a mapping (optionally under 'train:')")
+    return block
+
+
+def layered_train_block(sources: list[str]) -> dict[str, Any]:
+    """The train blocks of several presets, later ones over earlier ones (Snakemake's order)."""
+    block: dict[str, Any] = {}
+    for source in sources:
+        block.update(_read_train_block(source))
+    return block
+
+
 def run(args: argparse.Namespace) -> int:
     card = load_card(args.card, args.set or (), args.variant)
-    preset: dict[str, Any] = {}
-    if args.train_config:
-        text = args.train_config
-        try:
-            data = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(Path(text).read_text())
-        except (json.JSONDecodeError, yaml.YAMLError, OSError) as err:
-            raise InputError(text[:80], f"cannot read train config ({err})") from None
-        preset = data.get("train", data) if isinstance(data, dict) else data
-        if not isinstance(preset, dict):
-            raise InputError(text[:80], "a train config must be a mapping (optionally under 'train:')")
-    config = resolve_train_config(card, preset, args.train_config)
+    sources = args.train_config or []
+    config = resolve_train_config(card, layered_train_block(sources), " + ".join(sources) or "train config")
     if args.out.exists() and not args.out.is_dir():
         raise InputError(args.out, "--out is an existing file, not a folder")
     set_cpu_threads(args.threads)
@@ -73,8 +84,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dataset", type=Path, required=True, help="dataset folder")
     parser.add_argument("--fold", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--train-config", help="the preset's train block: a YAML file with a 'train:' "
-                                               "mapping (e.g. config/smoke.yaml) or a JSON object")
+    parser.add_argument("--train-config", action="append",
+                        help="a preset's train block: a YAML file with a 'train:' mapping or a JSON object; "
+                             "repeat it to layer presets as Snakemake does (config/config.yaml, then "
+                             "config/smoke.yaml)")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="override a card field, e.g. train.iterations=3 or params.weight=0.1")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
