@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from medpy.metric import binary as medpy_binary
+from sklearn.model_selection import KFold
 
 from cmfnet.training.sliding_window import sliding_window_probabilities
 from cmfnet.data.io import IGNORE
@@ -85,6 +86,19 @@ def test_kfold_splits_are_disjoint_and_complete_whenever_accepted(n: int, folds:
         assert train | val | test == set(cases)
     assert sorted(c for split in splits for c in split["test"]) == cases  # each case tested once
     assert kfold_splits(cases, folds, val_fraction, seed) == splits  # reproducible for a seed
+
+
+def test_kfold_defaults_are_the_documented_protocol() -> None:
+    """docs/real-data.md: 5 folds, seed 12345 (nnU-Net's), a tenth of each fold's non-test cases
+    for validation; the test parts are nnU-Net's, and so a user's nnU-Net folds are ours."""
+    cases = [f"c{i:02d}" for i in range(23)]
+    splits = kfold_splits(cases)
+    assert splits == kfold_splits(cases, 5, 0.1, 12345)
+    nnunet_tests = [sorted(cases[i] for i in test)
+                    for _, test in KFold(5, shuffle=True, random_state=12345).split(cases)]
+    assert [split["test"] for split in splits] == nnunet_tests
+    assert [len(split["val"]) for split in splits] == [round(0.1 * (23 - len(t))) for t in nnunet_tests]
+    assert all(len(set(split["val"])) == len(split["val"]) for split in splits)
 
 
 def test_kfold_refuses_a_validation_fraction_that_leaves_no_training_case() -> None:

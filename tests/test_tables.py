@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cmfnet import cli
 from cmfnet.errors import InputError
 from cmfnet.evaluation.tables import write_tables
 
@@ -155,3 +156,34 @@ def test_secondary_metrics_are_the_mean_over_classes_per_case(tmp_path: Path) ->
     assert row["assd_mean"] == pytest.approx(2.5) and row["assd_std"] == pytest.approx(1.0)
     assert row["nsd_mean"] == pytest.approx(0.3) and row["nsd_std"] == pytest.approx(0.1)
     assert "| A | 2.50 ± 1.00 | 2.00 ± 0.00 | 0.30 ± 0.10 |" in (tmp_path / "out" / "table1.md").read_text()
+
+
+def test_tables_command_reads_results_metrics_and_prints_table1(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """`cmfnet tables --results R` finds R/metrics/**, honours --order and --reference none, and
+    prints Table I; the mutation run showed the command itself was untested."""
+    metrics_csv(tmp_path / "results" / "metrics" / "d" / "a.csv", "a", "A", [0.5, 0.7])
+    metrics_csv(tmp_path / "results" / "metrics" / "d" / "b.csv", "b", "B", [0.2, 0.4])
+    assert cli.main(["tables", "--results", str(tmp_path / "results"), "--out", str(tmp_path / "t"),
+                     "--order", "b,a", "--reference", "none"]) == 0
+    printed = capsys.readouterr().out
+    table = pd.read_csv(tmp_path / "t" / "table1.csv")
+    assert table["name"].tolist() == ["B", "A"]
+    assert table["p_vs_reference"].isna().all()
+    assert f"wrote {tmp_path / 't' / 'table1.tex'}" in printed and "60.00 ± 14.14" in printed
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--results", "R", "--metrics", "R/x.csv"], "either --results DIR or --metrics"),
+    (["--results", "nowhere"], "nowhere: no such folder"),
+    (["--results", "R/empty"], "no per-case metric CSVs"),
+])
+def test_tables_command_refuses_bad_inputs_in_one_line(args: list[str], words: str, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "R" / "empty").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["tables", *args, "--out", "t"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert words in error and "\n" not in error
+    assert not (tmp_path / "t").exists()
