@@ -29,6 +29,7 @@ COMMANDS = {
     "evaluate": "cmfnet.evaluation.evaluate",
     "tables": "cmfnet.evaluation.tables",
     "curves": "cmfnet.evaluation.curves",
+    "qualitative": "cmfnet.evaluation.qualitative",
 }
 
 

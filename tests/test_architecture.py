@@ -137,7 +137,7 @@ def test_the_layer_rule_catches_an_upward_import(tmp_path: Path) -> None:
     assert "cmfnet.evaluation.metrics" in found and layer("cmfnet.evaluation.metrics") > layer("cmfnet.data.io")
 
 
-@pytest.mark.parametrize("command", ["tables", "curves"])
+@pytest.mark.parametrize("command", ["tables", "curves", "qualitative"])
 def test_reports_need_no_torch(command: str) -> None:
     """`cmfnet tables` and `cmfnet curves` regenerate their outputs from stored CSVs on a machine
     without torch."""

@@ -197,7 +197,7 @@ def test_folds_outside_the_splits_are_refused_when_the_dag_is_built(finished: Pa
 def test_a_second_seed_trains_every_method_and_fold_again_and_only_that(finished: Path, tmp_path: Path) -> None:
     work = copy_of(finished, tmp_path)
     jobs = planned(work, *SMOKE, "--config", "seeds=[0,1]")
-    assert set(jobs) == {"train", "predict", "evaluate", "tables", "curves", "all"}
+    assert set(jobs) == {"train", "predict", "evaluate", "tables", "curves", "qualitative", "all"}
     assert sorted(out[0] for out in jobs["train"]) == [f"results/models/smoke-npc/{m}/seed1/fold0/model.pt"
                                                        for m in ("fullysup", "pce")]
 
@@ -216,7 +216,7 @@ def test_adding_a_method_to_a_finished_run_plans_only_that_method_and_the_tables
         finished: Path, tmp_path: Path) -> None:
     work = copy_of(finished, tmp_path)
     jobs = planned(work, *SMOKE, "--config", "methods=[fullysup,pce,toy]")
-    assert set(jobs) == {"train", "predict", "evaluate", "tables", "curves", "all"}
+    assert set(jobs) == {"train", "predict", "evaluate", "tables", "curves", "qualitative", "all"}
     for rule in ("train", "predict", "evaluate"):
         assert len(jobs[rule]) == 1 and rows(jobs, rule) == {"toy"}, jobs
 
@@ -241,7 +241,7 @@ def test_editing_a_plugin_retrains_only_its_method(finished_with_toy: Path, tmp_
     # the sweep runs the toy plugin; FullySup is the pCE plugin with the full mask as supervision
     expected = {"toy", "toy_sweep.w02"} if method == "toy" else {"pce", "fullysup"}
     assert trained(jobs) == expected
-    assert set(jobs) == {"train", "predict", "evaluate", "tables", "curves", "all"}
+    assert set(jobs) == {"train", "predict", "evaluate", "tables", "curves", "qualitative", "all"}
 
 
 def test_editing_a_base_card_retrains_its_variants(finished_with_toy: Path, tmp_path: Path) -> None:

@@ -259,6 +259,13 @@ def metric_files(results: Path) -> list[Path]:
     return files
 
 
+def chosen_metric_files(results: Path | None, metrics: list[Path] | None) -> list[Path]:
+    """The metrics CSVs of a command's --results DIR or --metrics FILE ... (exactly one is given)."""
+    if bool(results) == bool(metrics):
+        raise InputError("--results", "give either --results DIR or --metrics FILE ...")
+    return metrics or metric_files(results)
+
+
 def write_tables(files: list[Path], out: Path, order: list[str] | None = None,
                  reference: str | None = "cmfnet") -> list[Path]:
     data = collect(files)
@@ -287,9 +294,7 @@ def write_tables(files: list[Path], out: Path, order: list[str] | None = None,
 
 def run(args: argparse.Namespace) -> int:
     order = args.order.split(",") if args.order else None
-    if bool(args.results) == bool(args.metrics):
-        raise InputError("--results", "give either --results DIR or --metrics FILE ...")
-    files = args.metrics or metric_files(args.results)
+    files = chosen_metric_files(args.results, args.metrics)
     reference = None if args.reference == "none" else args.reference
     for path in write_tables(files, args.out, order, reference):
         print(f"wrote {path}")

@@ -229,5 +229,27 @@ def trained_models(wildcards=None):
 CURVE_OUTPUTS = ["results/tables/convergence.csv", "results/tables/convergence.md", "results/figures/curves.png"]
 
 
+QUALITATIVE = "results/figures/qualitative.png"
+
+
+def table1_methods():
+    """The qualitative figure's columns: the configured rows (methods, extra_methods), not ablations."""
+    return list(dict.fromkeys(config["methods"] + config["extra_methods"]))
+
+
+def qualitative_reference():
+    """CmFNet's worst, median and best cases are shown, or the first row's when CmFNet is not run."""
+    return "cmfnet" if "cmfnet" in table1_methods() else table1_methods()[0]
+
+
+def qualitative_inputs(wildcards=None):
+    """The rows' metrics (all seeds choose the cases) and the first seed's predictions (drawn)."""
+    return {"metrics": expand("results/metrics/{dataset}/{method}/seed{seed}/fold{fold}.csv", dataset=DATASET,
+                              method=table1_methods(), seed=SEEDS, fold=folds()),
+            "predictions": expand("results/predictions/{dataset}/{method}/seed{seed}/fold{fold}", dataset=DATASET,
+                                  method=table1_methods(), seed=SEEDS[0], fold=folds()),
+            "dataset": f"{dataset_dir()}/dataset.json"}
+
+
 def final_outputs():
-    return table_outputs() + ["results/tables/provenance.json"] + CURVE_OUTPUTS
+    return table_outputs() + ["results/tables/provenance.json"] + CURVE_OUTPUTS + [QUALITATIVE]

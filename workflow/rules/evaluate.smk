@@ -68,3 +68,30 @@ rule curves:
     shell:
         "cmfnet curves --logs {params.logs} --out-table results/tables/convergence "
         "--out-figure {output.figure} --order {params.order} > {log} 2>&1"
+
+
+# The paper's qualitative figure (Fig. 3-5): the reference row's worst, median and best test case
+# (cmfnet/evaluation/qualitative.py states the rule), every row's prediction on one slice.
+rule qualitative:
+    input:
+        unpack(qualitative_inputs),
+    output:
+        report(QUALITATIVE, caption="../report/qualitative.rst", category="Figures"),
+    log:
+        "logs/qualitative.log",
+    params:
+        dataset=dataset_dir(),
+        predictions=f"results/predictions/{DATASET}",
+        order=",".join(table1_methods()),
+        reference=qualitative_reference(),
+        seed=SEEDS[0],
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/cmfnet.yaml"
+    shell:
+        "cmfnet qualitative --dataset {params.dataset} --predictions {params.predictions} "
+        "--metrics {input.metrics} --order {params.order} --reference {params.reference} "
+        "--seed {params.seed} --out {output} > {log} 2>&1"
