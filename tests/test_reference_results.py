@@ -1,0 +1,28 @@
+"""The committed result sets under results/reference/ are what `cmfnet tables` and `cmfnet curves`
+make of their committed metrics and logs today, byte for byte (results/reference/README.md)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REFERENCE = Path(__file__).resolve().parents[1] / "results" / "reference"
+SETS = sorted(p.name for p in REFERENCE.iterdir() if (p / "order.txt").is_file()) if REFERENCE.is_dir() else []
+COMPARED = ("*.csv", "*.md", "*.tex")
+
+
+@pytest.mark.parametrize("name", SETS)
+def test_committed_tables_regenerate_byte_for_byte(name: str, tmp_path: Path) -> None:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    subprocess.run([str(REFERENCE / "regenerate.sh"), name, str(tmp_path)], check=True, env=env,
+                   capture_output=True, text=True)
+    committed = sorted(f.relative_to(REFERENCE / name / "tables")
+                       for pattern in COMPARED for f in (REFERENCE / name / "tables").glob(pattern))
+    assert committed, f"{name} holds no tables"
+    for relative in committed:
+        assert (tmp_path / "tables" / relative).read_bytes() == (REFERENCE / name / "tables" / relative).read_bytes(), \
+            f"results/reference/{name}/tables/{relative} is stale: run results/reference/regenerate.sh {name}"
