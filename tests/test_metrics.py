@@ -154,7 +154,15 @@ def test_empty_mask_policy_is_applied_and_recorded() -> None:
     # medpy 0.5.2 means to return 1 here, but under NumPy 2 its numpy-int division gives NaN
     assert rows[3]["dsc"] == 1.0
     assert rows[3]["asd"] == rows[3]["assd"] == rows[3]["hd95"] == 0.0
+    assert [rows[3][c] for c in ("tp", "fp", "fn", "n_pred", "n_ref", "nsd")] == [0, 0, 0, 0, 0, 1.0]
     assert all(row["penalty_mm"] == pytest.approx(diagonal) for row in rows.values())
+
+
+def test_mismatched_shapes_or_spacing_are_refused_with_what_differs() -> None:
+    with pytest.raises(ValueError, match=r"prediction shape \(2, 3, 4\) != reference shape \(2, 3, 5\)"):
+        evaluate_case(np.zeros((2, 3, 4), np.uint8), np.zeros((2, 3, 5), np.uint8), SPACING, CLASSES)
+    with pytest.raises(ValueError, match=r"spacing \(1.0, 1.0\) does not match 3-d arrays"):
+        evaluate_case(np.zeros((2, 3, 4), np.uint8), np.zeros((2, 3, 4), np.uint8), (1.0, 1.0), CLASSES)
 
 
 # -- folders -------------------------------------------------------------------------------------
