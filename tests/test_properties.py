@@ -7,6 +7,7 @@ the whole file stays under a minute. A failure prints the shrunk example to repr
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,9 +20,10 @@ from sklearn.model_selection import KFold
 
 from cmfnet.training.sliding_window import sliding_window_probabilities
 from cmfnet.data.io import IGNORE
+from cmfnet.errors import InputError
 from cmfnet.evaluation.metrics import evaluate_case, image_diagonal_mm
 from cmfnet.data.scribbles import simulate_autobg, simulate_scribble
-from cmfnet.data.splits import check_splits, fixed_split, kfold_splits
+from cmfnet.data.splits import check_splits, cross_validation, fixed_split, kfold_splits, synth_splits
 
 BOUNDED = settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -169,3 +171,50 @@ def test_sliding_window_of_a_pointwise_model_equals_whole_volume_inference(
         expected = torch.softmax(model(image[None])[0], dim=0)
     assert probs.shape == (3, *shape)
     torch.testing.assert_close(probs, expected, rtol=1e-5, atol=1e-5)
+
+
+@BOUNDED
+@given(st.integers(2, 24), st.integers(2, 7), st.booleans(), st.integers(0, 2**31 - 1))
+def test_importer_cross_validation_keeps_patients_together_and_tests_each_case_once(
+        n: int, folds: int, grouped: bool, seed: int) -> None:
+    """cmfnet import's folds: with groups (ACDC's two frames of a patient) a patient is in one part;
+    the folds drop to the number of patients or cases when there are fewer; the record says so."""
+    cases = [f"p{i // 2:02d}_f{i % 2}" if grouped else f"c{i:02d}" for i in range(n)]
+    groups = {c: c.split("_")[0] for c in cases} if grouped else None
+    units = sorted({(groups or {}).get(c, c) for c in cases})
+    if len(units) < 2:
+        with pytest.raises(InputError, match="cross-validation needs at least 2"):
+            cross_validation(cases, folds, seed, True, Path("d"), groups)
+        return
+    splits, protocol = cross_validation(cases, folds, seed, True, Path("d"), groups)
+    assert len(splits) == protocol["folds"] == min(folds, len(units))
+    assert (protocol["requested_folds"], protocol["seed"], protocol["grouped"]) == (folds, seed, grouped)
+    assert protocol["val_from_train"] == any(s.get("val_from_train", False) for s in splits)
+    assert sorted(c for s in splits for c in s["test"]) == sorted(cases)
+    for split in splits:
+        train, val, test = (set(split[k]) for k in ("train", "val", "test"))
+        assert train and val and test and not (train | val) & test and train | val | test == set(cases)
+        flagged = split.get("val_from_train", False)
+        assert train == val if flagged else not train & val
+        if groups:
+            of = lambda part: {groups[c] for c in part}  # noqa: E731
+            assert not of(train | val) & of(test)
+            assert flagged or not of(train) & of(val)
+    assert cross_validation(cases, folds, seed, True, Path("d"), groups)[0] == splits
+
+
+def test_importer_cross_validation_without_val_from_train_refuses_a_one_case_fold() -> None:
+    with pytest.raises(InputError, match="fold 0 keeps only .* pass --val-from-train"):
+        cross_validation(["a", "b"], 2, 0, False, Path("d"))
+    with pytest.raises(InputError, match="--folds 1: cross-validation needs at least 2 folds"):
+        cross_validation(["a", "b", "c"], 1, 0, True, Path("d"))
+
+
+@BOUNDED
+@given(st.integers(3, 60))
+def test_word_phantom_split_keeps_words_proportions(n: int) -> None:
+    (split,) = synth_splits("word", [f"w{i:02d}" for i in range(n)])
+    sizes = [len(split[k]) for k in ("train", "val", "test")]
+    assert sum(sizes) == n and min(sizes) >= 1
+    for size, share in zip(sizes[1:], (20 / 150, 30 / 150)):
+        assert size == max(1, math.floor(n * share + 0.5))
