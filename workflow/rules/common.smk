@@ -79,9 +79,14 @@ def import_args():
 
 
 @cache
+def table1_methods():
+    """The configured rows without the ablations: methods, then extra_methods (a user file's own)."""
+    return list(dict.fromkeys(config["methods"] + config["extra_methods"]))
+
+
 def all_method_ids():
     """The rows, in table order: methods, extra_methods (a user file's own), then the ablations."""
-    ids = list(dict.fromkeys(config["methods"] + config["extra_methods"]))
+    ids = table1_methods()
     for stem in config["ablations"]:
         ids += method_ids(METHODS_DIR / f"{stem}.yaml")
     return ids
@@ -193,9 +198,10 @@ def job_gpus(wildcards):
     return config.get("gpus", 1 if config["device"].startswith("cuda") else 0)
 
 
-def metrics_files(wildcards=None):
+def metrics_files(wildcards=None, methods=None):
+    """Every seed's and fold's metrics of the given rows (default: every configured row)."""
     return expand("results/metrics/{dataset}/{method}/seed{seed}/fold{fold}.csv", dataset=DATASET,
-                  method=all_method_ids(), seed=SEEDS, fold=folds())
+                  method=methods or all_method_ids(), seed=SEEDS, fold=folds())
 
 
 def table_of(method):
@@ -232,11 +238,6 @@ CURVE_OUTPUTS = ["results/tables/convergence.csv", "results/tables/convergence.m
 QUALITATIVE = "results/figures/qualitative.png"
 
 
-def table1_methods():
-    """The qualitative figure's columns: the configured rows (methods, extra_methods), not ablations."""
-    return list(dict.fromkeys(config["methods"] + config["extra_methods"]))
-
-
 def qualitative_reference():
     """CmFNet's worst, median and best cases are shown, or the first row's when CmFNet is not run."""
     return "cmfnet" if "cmfnet" in table1_methods() else table1_methods()[0]
@@ -244,8 +245,7 @@ def qualitative_reference():
 
 def qualitative_inputs(wildcards=None):
     """The rows' metrics (all seeds choose the cases) and the first seed's predictions (drawn)."""
-    return {"metrics": expand("results/metrics/{dataset}/{method}/seed{seed}/fold{fold}.csv", dataset=DATASET,
-                              method=table1_methods(), seed=SEEDS, fold=folds()),
+    return {"metrics": metrics_files(methods=table1_methods()),
             "predictions": expand("results/predictions/{dataset}/{method}/seed{seed}/fold{fold}", dataset=DATASET,
                                   method=table1_methods(), seed=SEEDS[0], fold=folds()),
             "dataset": f"{dataset_dir()}/dataset.json"}
