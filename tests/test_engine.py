@@ -81,7 +81,8 @@ def _log_rows(out: Path) -> list[dict[str, str]]:
 AFTER_KILL = {"patch_size": [16, 16, 16], "batch_size": 2, "val_interval": 0}
 
 
-@pytest.mark.parametrize("selection", [{}, {"selection": "last", "val_interval": 4}])
+@pytest.mark.parametrize("selection", [{}, {"selection": "last", "val_interval": 4},
+                                       {"selection": "ema", "val_interval": 4, "ema_decay": 0.5}])
 def test_resume_after_kill_matches_uninterrupted_run(selection: dict, tmp_path: Path, tiny_dataset: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """Also with selection: last and a validation at the checkpoint's iteration, where a resume must
@@ -344,3 +345,43 @@ def test_workflow_schema_knows_every_train_option() -> None:
     # the seed comes from the top-level `seeds:` list, one training per seed
     assert set(train["properties"]) == {f.name for f in dataclasses.fields(TrainConfig)} - {"seed"}
     assert schema["properties"]["seeds"]["default"] == [0]
+
+
+def test_ema_selection_averages_weights_and_buffers_scores_and_keeps_the_average(
+        tmp_path: Path, tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """selection: ema. The average copies the model at iteration 0, then follows
+    decay_i = min(1 - 1/(i + 1), d) over every floating weight and buffer (BatchNorm's running
+    statistics too); validation scores the average, not the raw model; model.pt holds it."""
+    trainer = make_trainer(tmp_path, tiny_dataset, iterations=6, val_interval=3, log_interval=3,
+                           selection="ema", ema_decay=0.7)
+    snapshots: list[dict[str, torch.Tensor]] = []
+    averaged: list[dict[str, torch.Tensor]] = []
+
+    def record(context: TrainingContext, iteration: int) -> None:  # runs right after the average's update
+        snapshots.append({k: v.detach().clone() for k, v in trainer.model.state_dict().items()})
+        averaged.append({k: v.detach().clone() for k, v in trainer.averaged.state_dict().items()})
+
+    scored: list[object] = []
+    real_predict = trainer.predict_probabilities
+
+    def spy(image: np.ndarray, model: object = None, overlap: float | None = None) -> torch.Tensor:
+        scored.append(model)
+        return real_predict(image, model, overlap)
+
+    monkeypatch.setattr(trainer.method, "after_step", record)
+    monkeypatch.setattr(trainer, "predict_probabilities", spy)
+    meta = trainer.fit()
+    expected: dict[str, torch.Tensor] = {}
+    for iteration, model in enumerate(snapshots):
+        decay = min(1.0 - 1.0 / (iteration + 1), 0.7)
+        expected = {k: decay * expected[k] + (1 - decay) * v if v.is_floating_point() else v
+                    for k, v in model.items()} if expected else dict(model)
+        for key, want in expected.items():
+            assert torch.allclose(averaged[iteration][key].float(), want.float(), atol=1e-6), (iteration, key)
+    assert any("running_mean" in k for k in expected), "the fixture network has BatchNorm"
+    assert any(not torch.equal(expected[k], snapshots[-1][k]) for k in expected), "average != model"
+    assert scored and all(model is trainer.averaged for model in scored)
+    assert meta["selection"] == "ema" and meta["selected_iteration"] == 6
+    weights = torch.load(tmp_path / "out" / "model.pt", weights_only=True)["weights"]
+    for key, value in averaged[-1].items():
+        assert torch.equal(weights[key], value), key

@@ -28,7 +28,8 @@ _TRAIN_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "val_interval": (lambda v: v >= 0, ">= 0 (0: validate only at the end)"),
     "val_reference": (lambda v: v in ("label", "scribble"), "label or scribble"),
     "val_overlap": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "selection": (lambda v: v in ("best", "last"), "best or last"),
+    "selection": (lambda v: v in ("best", "last", "ema"), "best, last or ema"),
+    "ema_decay": (lambda v: 0 < v < 1, "in (0, 1)"),
     "checkpoint_interval": (lambda v: v >= 1, ">= 1"),
     "log_interval": (lambda v: v >= 1, ">= 1"),
     "seed": (lambda v: v >= 0, ">= 0"),
@@ -54,8 +55,11 @@ class TrainConfig:
     val_reference: str = "label"  # label: dense labels of validation cases | scribble
     val_overlap: float = 0.25
     # which weights model.pt keeps: best (highest validation Dice) | last (the final weights; the
-    # validations then only draw the learning curve). Best-of-a-few-cases picks lucky spikes.
+    # validations then only draw the learning curve) | ema (an exponential moving average of the
+    # weights, which validation also scores: it damps the step-to-step swings of batch-2 training).
+    # Best-of-a-few-cases picks lucky spikes.
     selection: str = "best"
+    ema_decay: float = 0.99  # selection: ema; about 1 / (1 - decay) iterations of memory
     checkpoint_interval: int = 100
     log_interval: int = 20
     seed: int = 0

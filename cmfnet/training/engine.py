@@ -2,7 +2,7 @@
 
 It owns patch sampling (every patch holds labelled voxels), the optimiser and schedule, the EMA
 teacher, checkpoints with resume after a kill, validation on the fold's validation cases, model
-selection (``train.selection``: best or last), progress and logging. A plugin only turns a batch into a loss.
+selection (``train.selection``: best, last or an EMA of the weights), progress and logging. A plugin only turns a batch into a loss.
 
 Outputs of a training run (``--out DIR``), written atomically (temporary name, then rename):
 
@@ -13,13 +13,13 @@ Outputs of a training run (``--out DIR``), written atomically (temporary name, t
 - ``last.pt``: the resume checkpoint (not a declared output, removed when training completes).
   It holds exactly what a bit-identical resume needs: the format version and the hash of what was
   trained, the iteration, elapsed seconds and the running log window, the model, the EMA teacher
-  (methods that have one), the optimiser state, the schedule origin, the best validation score
+  (methods that have one), the weight average (``selection: ema``), the optimiser state, the schedule origin, the best validation score
   and, only when it is older than the checkpoint, the best weights (else they are the model's),
   the plugin's state (e.g. DMSPS pseudo-labels, S2L EMA maps: a plugin that replaces training
   targets keeps them there, so the engine stores no targets) and the numpy, python and torch
   (CPU and CUDA) random states. Size, in units of model.pt: 1 (model) + 2 (Adam's two moments;
-  SGD: 1) + 1 while the best weights are older than the checkpoint + 1 for a teacher (USTM), so
-  3 to 5; plugin state comes on top. Everything is a tensor or a plain type, so it loads with
+  SGD: 1) + 1 while the best weights are older than the checkpoint + 1 for a teacher (USTM)
+  + 1 for the weight average, so 3 to 6; plugin state comes on top. Everything is a tensor or a plain type, so it loads with
   ``torch.load(weights_only=True)``: a file that needs more (a pickled object) is never
   executed; training then starts afresh and says why.
 - ``train_log.csv``: one row per logged interval, appended to disk as it is made; a resume keeps
@@ -200,6 +200,12 @@ class Trainer:
             self.teacher = copy.deepcopy(self.model)
             for p in self.teacher.parameters():
                 p.requires_grad_(False)
+        # selection: ema keeps an average of the weights; validation scores it and model.pt holds it
+        self.averaged: nn.Module | None = None
+        if config.selection == "ema":
+            self.averaged = copy.deepcopy(self.model)
+            for p in self.averaged.parameters():
+                p.requires_grad_(False)
         self.base_lr = config.lr
         self.optimizer = self._make_optimizer()
         self.volumes: dict[str, TrainVolume] = {}
@@ -296,7 +302,8 @@ class Trainer:
         return data
 
     def _validate(self, data: list[tuple[np.ndarray, np.ndarray]]) -> float:
-        scores = [_dice_foreground(self.predict_probabilities(image).argmax(0).numpy(), reference,
+        """Mean foreground Dice of the weights model.pt would keep (the average under ``ema``)."""
+        scores = [_dice_foreground(self.predict_probabilities(image, self.averaged).argmax(0).numpy(), reference,
                                    self.num_classes) for image, reference in data]
         return float(np.mean(scores))
 
@@ -319,6 +326,22 @@ class Trainer:
             for t, s in zip(self.teacher.buffers(), self.model.buffers()):
                 t.copy_(s)
 
+    def _update_average(self) -> None:
+        """Exponential moving average of every floating-point weight and buffer (as timm's ModelEma).
+
+        BatchNorm's running statistics are averaged with the weights they normalise; the decay
+        warms up as ``1 - 1 / (iteration + 1)``, so early iterations are not stuck near the
+        random initialisation.
+        """
+        assert self.averaged is not None
+        decay = min(1.0 - 1.0 / (self.iteration + 1), self.config.ema_decay)
+        with torch.no_grad():
+            for avg, value in zip(self.averaged.state_dict().values(), self.model.state_dict().values()):
+                if avg.is_floating_point():
+                    avg.mul_(decay).add_(value.detach(), alpha=1.0 - decay)
+                else:
+                    avg.copy_(value)
+
     def _elapsed(self) -> float:
         return self._seconds_before + time.time() - self._started
 
@@ -330,6 +353,7 @@ class Trainer:
                 "seconds": self._elapsed(), "running": dict(self._running),
                 "model": self.model.state_dict(),
                 "teacher": self.teacher.state_dict() if self.teacher is not None else None,
+                "averaged": self.averaged.state_dict() if self.averaged is not None else None,
                 "optimizer": self.optimizer.state_dict(), "lr_origin": self.lr_origin,
                 "base_lr": self.base_lr, "method": self.method.state_dict(), "best": dict(self.best),
                 "best_state": None if best_is_model else self.best_state,
@@ -368,6 +392,8 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         if self.teacher is not None and state["teacher"] is not None:
             self.teacher.load_state_dict(state["teacher"])
+        if self.averaged is not None and state.get("averaged") is not None:
+            self.averaged.load_state_dict(state["averaged"])
         self.lr_origin, self.base_lr = state["lr_origin"], state["base_lr"]
         self.optimizer = self._make_optimizer()
         self.optimizer.load_state_dict(state["optimizer"])
@@ -435,6 +461,8 @@ class Trainer:
             self.optimizer.step()
             if self.teacher is not None:
                 self._update_teacher()
+            if self.averaged is not None:
+                self._update_average()
             self.method.after_step(context, self.iteration)
             self.iteration += 1
             running = self._running
@@ -454,9 +482,9 @@ class Trainer:
             if validate_now and val_data:
                 score = self._validate(val_data)
                 row = (row or {"iteration": self.iteration}) | {"val_dice": score}
-                if self.config.selection == "last" or score > self.best["score"]:
+                if self.config.selection != "best" or score > self.best["score"]:
                     self.best = {"score": score, "iteration": self.iteration}
-                    if self.config.selection == "best":  # for "last", the model's own weights are kept
+                    if self.config.selection == "best":  # else the final (or averaged) weights are kept
                         self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
             if row is not None:
                 train_log.append(row)
@@ -470,8 +498,9 @@ class Trainer:
         return self._finish(self._elapsed())
 
     def _finish(self, seconds: float) -> dict[str, Any]:
+        final_model = self.averaged if self.averaged is not None else self.model
         final_state = self.best_state if self.best_state is not None else {
-            k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+            k: v.detach().cpu() for k, v in final_model.state_dict().items()}
         selected = self.best["iteration"] if self.best_state is not None else self.iteration
         meta = {"card": self.card.to_dict(), "card_path": str(self.card.path), "method_id": self.card.id,
                 "train": asdict(self.config), "max_iterations": self.max_iterations,
