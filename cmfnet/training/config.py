@@ -63,7 +63,11 @@ class TrainConfig:
     checkpoint_interval: int = 100
     log_interval: int = 20
     seed: int = 0
-    amp: bool = True  # mixed precision (bfloat16 autocast) on CUDA; ignored on CPU
+    amp: bool = True  # mixed precision on CUDA (bfloat16, or float16 with loss scaling); ignored on CPU
+    # CUDA only: let cuDNN pick the fastest convolution for the fixed patch size (then GPU runs are
+    # not bit-reproducible; CPU runs are unaffected)
+    cudnn_benchmark: bool = True
+    compile: bool = False  # torch.compile the network for the training steps (any device)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: object = "train config") -> TrainConfig:

@@ -21,9 +21,19 @@ def resolve_device(name: str) -> torch.device:
         raise InputError("--device", f"unknown device '{name}' (use auto, cpu, cuda or cuda:N)") from None
 
 
+def amp_dtype(device: torch.device) -> torch.dtype | None:
+    """Mixed-precision type on ``device``: bfloat16 where the GPU supports it (its float32 exponent
+    range needs no loss scaling), else float16 (with a gradient scaler in training); None on CPU,
+    where autocast would only slow the small convolutions down."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
 def mixed_precision(device: torch.device, amp: bool) -> Any:
-    """The autocast context training, validation and inference share: bfloat16 on CUDA when enabled."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
+    """The autocast context training, validation and inference share (see :func:`amp_dtype`)."""
+    dtype = amp_dtype(device)
+    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=amp and dtype is not None)
 
 
 

@@ -63,7 +63,7 @@ from cmfnet.errors import InputError
 from cmfnet.training.cards import Card
 from cmfnet.training.config import TrainConfig
 from cmfnet.training.contract import Batch, Method, StepInfo, TrainingContext
-from cmfnet.training.device import mixed_precision, resolve_device
+from cmfnet.training.device import amp_dtype, mixed_precision, resolve_device
 from cmfnet.training.model import FORMAT_VERSION
 from cmfnet.training.plugins import load_method
 from cmfnet.training.sampling import PatchSampler, TrainVolume, pad_volume
@@ -206,6 +206,13 @@ class Trainer:
             self.averaged = copy.deepcopy(self.model)
             for p in self.averaged.parameters():
                 p.requires_grad_(False)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = config.cudnn_benchmark
+        # the network the training steps call: compiled (same parameters) when asked for
+        self.step_model: nn.Module = torch.compile(self.model) if config.compile else self.model
+        # float16 autocast needs loss scaling; bfloat16 and float32 do not (the scaler is then a no-op)
+        self.scaler = torch.amp.GradScaler(self.device.type,
+                                           enabled=config.amp and amp_dtype(self.device) == torch.float16)
         self.base_lr = config.lr
         self.optimizer = self._make_optimizer()
         self.volumes: dict[str, TrainVolume] = {}
@@ -354,7 +361,8 @@ class Trainer:
                 "model": self.model.state_dict(),
                 "teacher": self.teacher.state_dict() if self.teacher is not None else None,
                 "averaged": self.averaged.state_dict() if self.averaged is not None else None,
-                "optimizer": self.optimizer.state_dict(), "lr_origin": self.lr_origin,
+                "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                "lr_origin": self.lr_origin,
                 "base_lr": self.base_lr, "method": self.method.state_dict(), "best": dict(self.best),
                 "best_state": None if best_is_model else self.best_state,
                 "rng": {"generator": json.dumps(self.rng.bit_generator.state),
@@ -397,6 +405,8 @@ class Trainer:
         self.lr_origin, self.base_lr = state["lr_origin"], state["base_lr"]
         self.optimizer = self._make_optimizer()
         self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         self.method.load_state_dict(state["method"])
         self.iteration = state["iteration"]
         self.best, self.best_state = state["best"], state["best_state"]
@@ -453,12 +463,13 @@ class Trainer:
                 group["lr"] = lr
             step = StepInfo(self.iteration, self.max_iterations, self.teacher)
             with self._autocast():
-                loss, parts = self.method.loss(self.model, batch, step)
+                loss, parts = self.method.loss(self.step_model, batch, step)
             if not torch.isfinite(loss):
                 raise RuntimeError(f"{self.card.id}: non-finite loss at iteration {self.iteration}: {parts}")
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
             if self.teacher is not None:
                 self._update_teacher()
             if self.averaged is not None:
