@@ -111,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--radius", type=int, default=5)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--devices", nargs="+", default=["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+    parser.add_argument("--out", help="also write the table as CSV here")
     args = parser.parse_args(argv)
+    rows = []
     patch = tuple(args.patch)
     print(f"torch {torch.__version__}; patch (z,y,x) {patch}; classes {args.classes}; radius {args.radius}; "
           f"2 kernels (CT, MR) x 3 views; CPU threads {args.threads}")
@@ -126,6 +128,16 @@ def main(argv: list[str] | None = None) -> int:
                 estimate = unfold_estimate_gib(batch, args.classes, grid, args.radius, kernels=2)
                 print(f"{device:6} {batch:5d} {str(grid):>14} {seconds:8.2f} {cpu_seconds:8.2f} {peak / GIB:9.3f} "
                       f"{estimate:16.1f}", flush=True)
+                rows.append({"device": device, "batch": batch, "patch": "x".join(map(str, patch)),
+                             "grid": "x".join(map(str, grid)), "wall_s": round(seconds, 3),
+                             "cpu_s": round(cpu_seconds, 3), "peak_gib": round(peak / GIB, 4),
+                             "unfold_estimate_gib": round(estimate, 2),
+                             "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else ""})
+    if args.out:
+        import pandas as pd
+
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        pd.DataFrame(rows).to_csv(args.out, index=False)
     return 0
 
 

@@ -59,7 +59,8 @@ def run_one(method: str, setting: str, iterations: int, dataset: Path, device: s
             "batch": SETTINGS[setting]["batch_size"], "patch": "x".join(map(str, SETTINGS[setting]["patch_size"])),
             "sec_per_it": round(float(log["sec_per_it"].iloc[-1]), 3),
             "peak_rss_mib": round(peak_cpu_mib), "peak_gpu_mib": round(peak_gpu_mib) if peak_gpu_mib else None,
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name(trainer.device) if trainer.device.type == "cuda" else ""}
 
 
 def main() -> None:
@@ -100,6 +101,7 @@ def main() -> None:
     table = pd.DataFrame(rows)
     print(table.to_markdown(index=False) if hasattr(table, "to_markdown") else table.to_string(index=False))
     if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(args.out, index=False)
 
 
