@@ -30,6 +30,7 @@ COMMANDS = {
     "tables": "cmfnet.evaluation.tables",
     "curves": "cmfnet.evaluation.curves",
     "qualitative": "cmfnet.evaluation.qualitative",
+    "bench": "cmfnet.bench.cli",  # not a pipeline step: the benchmarks of docs/benchmarks.md
 }
 
 
