@@ -95,7 +95,7 @@ def monai_metrics(pred: np.ndarray, ref: np.ndarray, classes: Sequence[int], spa
     metrics = require("monai.metrics", "monai")
     ids = torch.tensor(list(classes)).view(1, -1, 1, 1, 1)
     p, r = torch.from_numpy(pred)[None, None] == ids, torch.from_numpy(ref)[None, None] == ids
-    spacing = list(spacing)
+    spacing = [float(s) for s in spacing]  # MONAI refuses a mix of int and float
     with warnings.catch_warnings():  # MONAI's own deprecation notices about its internals
         warnings.simplefilter("ignore")
         table = {
