@@ -23,7 +23,7 @@ LAYERS = {
     "cmfnet.data": 1,
     "cmfnet.training": 2,
     "cmfnet.evaluation": 3,
-    "cmfnet.provenance": 4, "cmfnet.cli": 4,
+    "cmfnet.provenance": 4, "cmfnet.cli": 4, "cmfnet.bench": 4,
 }
 #: what a method plugin (baselines/) may import of the package: the contract and what it builds on
 PLUGIN_MAY_IMPORT = ("cmfnet.errors", "cmfnet.data.io", "cmfnet.training.cards", "cmfnet.training.contract",
