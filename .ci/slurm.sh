@@ -27,8 +27,12 @@ node="$(hostname -s)"
 cpus="$(nproc)"
 memory_mb=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 - 1024 ))
 mkdir -p "$work/state" "$work/spool" "$work/run"
-export SLURM_CONF="$work/slurm.conf"
-cat > "$SLURM_CONF" <<CONF
+# The job steps (srun inside each sbatch job) read the default /etc/slurm/slurm.conf whatever
+# SLURM_CONF says, so the file goes there; one that is already there is a real site's: left alone.
+conf=/etc/slurm/slurm.conf
+[ -e "$conf" ] && { rm -rf "$work"; skip "$conf already exists (a configured SLURM site); not replacing it"; }
+mkdir -p /etc/slurm
+cat > "$conf.cmfnet-ci" <<CONF
 ClusterName=cmfnet-ci
 SlurmctldHost=$node
 SlurmUser=root
@@ -52,6 +56,7 @@ SlurmdLogFile=$work/slurmd.log
 NodeName=$node CPUs=$cpus RealMemory=$memory_mb State=UNKNOWN
 PartitionName=ci Nodes=$node Default=YES MaxTime=INFINITE State=UP
 CONF
+mv "$conf.cmfnet-ci" "$conf"
 
 started_munge=0
 cleanup() {
@@ -59,6 +64,7 @@ cleanup() {
         [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
     done
     [ "$started_munge" = 1 ] && pkill -x munged 2>/dev/null || true
+    rm -f "$conf"   # written by this script (it refuses to run when one was there)
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -97,7 +103,8 @@ PY
 cd "$work/clone"
 start=$(date +%s)
 snakemake --workflow-profile profiles/slurm --configfile config/smoke.yaml > "$work/snakemake.log" 2>&1 \
-    || { tail -n 60 "$work/snakemake.log"; tail -n 20 "$work/slurmctld.log"; echo "SLURM check FAILED: the smoke run did not finish"; exit 1; }
+    || { tail -n 40 "$work/snakemake.log"; find .snakemake/slurm_logs -name "*.log" -exec tail -n 30 {} \; 2>/dev/null
+         tail -n 20 "$work/slurmd.log"; echo "SLURM check FAILED: the smoke run did not finish"; exit 1; }
 seconds=$(( $(date +%s) - start ))
 
 test -s results/tables/table1.md || { echo "SLURM check FAILED: no results/tables/table1.md"; exit 1; }
