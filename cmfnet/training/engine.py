@@ -2,7 +2,8 @@
 
 It owns patch sampling (every patch holds labelled voxels), the optimiser and schedule, the EMA
 teacher, checkpoints with resume after a kill, validation on the fold's validation cases, model
-selection (``train.selection``: best, last or an EMA of the weights), progress and logging. A plugin only turns a batch into a loss.
+selection (``train.selection``: best, last or an EMA of the weights), progress and logging. A
+plugin only turns a batch into a loss.
 
 Outputs of a training run (``--out DIR``), written atomically (temporary name, then rename):
 
@@ -10,18 +11,19 @@ Outputs of a training run (``--out DIR``), written atomically (temporary name, t
   apply them (declared output). Re-running a finished training whose ``meta["state_hash"]`` matches
   the card, train config, fold and dataset does nothing; ``--force`` retrains; a ``model.pt``
   trained with anything else is refused without ``--force``, so no run silently replaces it.
-- ``last.pt``: the resume checkpoint (not a declared output, removed when training completes).
-  It holds exactly what a bit-identical resume needs: the format version and the hash of what was
+- ``last.pt``: the resume checkpoint (not a declared output, removed when training completes). It
+  holds exactly what a bit-identical resume needs: the format version and the hash of what was
   trained, the iteration, elapsed seconds and the running log window, the model, the EMA teacher
-  (methods that have one), the weight average (``selection: ema``), the optimiser state, the schedule origin, the best validation score
-  and, only when it is older than the checkpoint, the best weights (else they are the model's),
-  the plugin's state (e.g. DMSPS pseudo-labels, S2L EMA maps: a plugin that replaces training
-  targets keeps them there, so the engine stores no targets) and the numpy, python and torch
-  (CPU and CUDA) random states. Size, in units of model.pt: 1 (model) + 2 (Adam's two moments;
-  SGD: 1) + 1 while the best weights are older than the checkpoint + 1 for a teacher (USTM)
-  + 1 for the weight average, so 3 to 6; plugin state comes on top. Everything is a tensor or a plain type, so it loads with
-  ``torch.load(weights_only=True)``: a file that needs more (a pickled object) is never
-  executed; training then starts afresh and says why.
+  (methods that have one), the weight average (``selection: ema``), the optimiser state, the
+  schedule origin, the best validation score and, only when it is older than the checkpoint, the
+  best weights (else they are the model's), the plugin's state (e.g. DMSPS pseudo-labels, S2L EMA
+  maps: a plugin that replaces training targets keeps them there, so the engine stores no targets)
+  and the numpy, python and torch (CPU and CUDA) random states. Size, in units of model.pt: 1
+  (model) + 2 (Adam's two moments; SGD: 1) + 1 while the best weights are older than the
+  checkpoint + 1 for a teacher (USTM) + 1 for the weight average, so 3 to 6; plugin state comes on
+  top. Everything is a tensor or a plain type, so it loads with ``torch.load(weights_only=True)``:
+  a file that needs more (a pickled object) is never executed; training then starts afresh and
+  says why.
 - ``train_log.csv``: one row per logged interval, appended to disk as it is made; a resume keeps
   the rows up to the checkpoint's iteration. ``meta.json``: card, config, seed, versions, total
   seconds across resumes.
@@ -107,6 +109,31 @@ def _state_hash(card: Card, config: TrainConfig, fold: int, dataset: Dataset) ->
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _frozen_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` that no optimiser trains: the target of an exponential moving average."""
+    copied = copy.deepcopy(model)
+    for p in copied.parameters():
+        p.requires_grad_(False)
+    return copied
+
+
+def _ema_update(target: nn.Module, source: nn.Module, iteration: int, decay: float, *,
+                average_buffers: bool) -> None:
+    """``target = d * target + (1 - d) * source`` over the parameters, with the mean-teacher warm-up
+    ``d = min(1 - 1 / (iteration + 1), decay)``: iteration 0 copies, so the average never keeps the
+    random initialisation. Floating buffers are averaged too when ``average_buffers``; every other
+    buffer (and all of them otherwise) is copied from ``source``."""
+    d = min(1.0 - 1.0 / (iteration + 1), decay)
+    with torch.no_grad():
+        for t, s in zip(target.parameters(), source.parameters()):
+            t.mul_(d).add_(s.detach(), alpha=1.0 - d)
+        for t, s in zip(target.buffers(), source.buffers()):
+            if average_buffers and t.is_floating_point():
+                t.mul_(d).add_(s, alpha=1.0 - d)
+            else:
+                t.copy_(s)
+
+
 class Trainer:
     """Trains one method on one fold. Plugins never see it: they get a :class:`TrainingContext`."""
 
@@ -149,17 +176,9 @@ class Trainer:
             raise InputError(card.path, f"batch_size {config.batch_size} with patch_size {config.patch_size} "
                                         f"leaves BatchNorm one value per channel at the network's coarsest "
                                         f"level: use batch_size >= 2 or a larger patch")
-        self.teacher: nn.Module | None = None
-        if self.method.teacher_decay is not None:
-            self.teacher = copy.deepcopy(self.model)
-            for p in self.teacher.parameters():
-                p.requires_grad_(False)
+        self.teacher = _frozen_copy(self.model) if self.method.teacher_decay is not None else None
         # selection: ema keeps an average of the weights; validation scores it and model.pt holds it
-        self.averaged: nn.Module | None = None
-        if config.selection == "ema":
-            self.averaged = copy.deepcopy(self.model)
-            for p in self.averaged.parameters():
-                p.requires_grad_(False)
+        self.averaged = _frozen_copy(self.model) if config.selection == "ema" else None
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = config.cudnn_benchmark
         # the network the training steps call: compiled (same parameters) when asked for
@@ -277,31 +296,6 @@ class Trainer:
             return base
         span = max(1, self.max_iterations - self.lr_origin)
         return base * (1 - min(iteration - self.lr_origin, span) / span) ** 0.9
-
-    def _update_teacher(self) -> None:
-        assert self.teacher is not None and self.method.teacher_decay is not None
-        decay = min(1.0 - 1.0 / (self.iteration + 1), self.method.teacher_decay)
-        with torch.no_grad():
-            for t, s in zip(self.teacher.parameters(), self.model.parameters()):
-                t.mul_(decay).add_(s.detach(), alpha=1.0 - decay)
-            for t, s in zip(self.teacher.buffers(), self.model.buffers()):
-                t.copy_(s)
-
-    def _update_average(self) -> None:
-        """Exponential moving average of every floating-point weight and buffer (as timm's ModelEma).
-
-        BatchNorm's running statistics are averaged with the weights they normalise; the decay
-        warms up as ``1 - 1 / (iteration + 1)``, so early iterations are not stuck near the
-        random initialisation.
-        """
-        assert self.averaged is not None
-        decay = min(1.0 - 1.0 / (self.iteration + 1), self.config.ema_decay)
-        with torch.no_grad():
-            for avg, value in zip(self.averaged.state_dict().values(), self.model.state_dict().values()):
-                if avg.is_floating_point():
-                    avg.mul_(decay).add_(value.detach(), alpha=1.0 - decay)
-                else:
-                    avg.copy_(value)
 
     def _elapsed(self) -> float:
         return self._seconds_before + time.time() - self._started
@@ -424,10 +418,10 @@ class Trainer:
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            if self.teacher is not None:
-                self._update_teacher()
-            if self.averaged is not None:
-                self._update_average()
+            if self.teacher is not None:  # a mean teacher: BatchNorm statistics are the student's
+                _ema_update(self.teacher, self.model, self.iteration, self.method.teacher_decay, average_buffers=False)
+            if self.averaged is not None:  # the model's average, BatchNorm statistics averaged too (timm's ModelEma)
+                _ema_update(self.averaged, self.model, self.iteration, self.config.ema_decay, average_buffers=True)
             self.method.after_step(context, self.iteration)
             self.iteration += 1
             running = self._running
