@@ -8,8 +8,9 @@
 # passes only if Table I appears and every cluster job went through sbatch (the job-completion
 # log lists it, COMPLETED). Where the machine cannot do this (no root, no apt, no slurmd) it prints
 # "SLURM check SKIPPED: <reason>" and exits 0: the cluster is never faked.
-# Nothing outside its temporary folder is written except the packages it installs; the daemons it
-# started are stopped on exit.
+# Outside its temporary folder it writes only the packages it installs and /etc/slurm/slurm.conf
+# (refusing to run where one exists, and removing its own on exit); the daemons it started are
+# stopped on exit.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 skip() { echo "SLURM check SKIPPED: $*"; exit 0; }
