@@ -302,6 +302,38 @@ def test_paired_resamples_onto_first_grid(run, tmp_path):
     assert info["splits"] == []  # one case: no splits yet
 
 
+@pytest.mark.parametrize("convention, unlabelled", [("255", 255), ("highest", 2)])
+def test_paired_scribble_unlabelled_conventions_are_stored_as_255(run, tmp_path, convention, unlabelled):
+    """WSL4MIS's and nnU-Net's unlabelled value (the class count) and ours both land as 255."""
+    shape, spacing = (4, 16, 16), (3.0, 1.0, 1.0)
+    images = [write(tmp_path / f"{m}.nii.gz", np.ones(shape, np.float32), spacing) for m in ("ct", "mr")]
+    label = write(tmp_path / "label.nii.gz", blob_label(shape, (2, 8, 8), 3), spacing)
+    source = np.full(shape, unlabelled, np.uint8)
+    source[2, 8, 7:9], source[2, 1, 1:4] = 1, 0
+    scribble = write(tmp_path / "scribble.nii.gz", source, spacing)
+    out = tmp_path / "npc"
+    assert run("import", "paired", "--out", out, "--case", "p1", "--image", images[0], "--image", images[1],
+               "--label", label, "--scribble", scribble, "--scribble-unlabelled", convention, "--no-resample",
+               "--channel-names", "CT,MR", "--labels", "background=0,tumour=1") == 0
+    stored, _ = read_image(out / "scribblesTr" / "given" / "p1.nii.gz")
+    np.testing.assert_array_equal(stored == 255, source == unlabelled)
+    np.testing.assert_array_equal(stored[source != unlabelled], source[source != unlabelled])
+
+
+def test_paired_scribble_in_another_convention_is_refused(run, tmp_path, capsys):
+    """A WSL4MIS-style scribble (2 = unlabelled for two classes) imported as ours names the file."""
+    shape, spacing = (4, 16, 16), (3.0, 1.0, 1.0)
+    images = [write(tmp_path / f"{m}.nii.gz", np.ones(shape, np.float32), spacing) for m in ("ct", "mr")]
+    label = write(tmp_path / "label.nii.gz", blob_label(shape, (2, 8, 8), 3), spacing)
+    source = np.full(shape, 2, np.uint8)
+    source[2, 8, 7:9] = 1
+    scribble = write(tmp_path / "scribble.nii.gz", source, spacing)
+    assert run("import", "paired", "--out", tmp_path / "npc", "--case", "p1", "--image", images[0], "--image",
+               images[1], "--label", label, "--scribble", scribble, "--no-resample",
+               "--channel-names", "CT,MR", "--labels", "background=0,tumour=1") == 2
+    assert "scribble.nii.gz" in capsys.readouterr().err
+
+
 def test_paired_register_recovers_shift(run, tmp_path):
     shape, spacing, shift = (24, 40, 40), (2.0, 2.0, 2.0), (4.0, -3.0, 2.0)
     z, y, x = np.indices(shape).astype(float) * 2.0

@@ -80,7 +80,10 @@ def test_sound_dataset_passes_with_summary(run, tmp_path, capsys):
     (root / "scribblesTr" / "given" / "coverage.json").write_text("{}")  # what `cmfnet scribble` adds
     assert run("validate", root) == 0
     out = capsys.readouterr().out.strip().splitlines()
-    assert len(out) == 1 and "3 cases" in out[0] and "3-fold" in out[0] and "given (3)" in out[0]
+    assert len(out) == 2 and "3 cases" in out[0] and "3-fold" in out[0] and "given (3)" in out[0]
+    # per-class coverage of the given scribbles: 3 background and 2 tumour voxels of 6 x 12 x 12
+    assert out[1].strip() == (f"scribble coverage, given, mean of 3 cases: background {300 / 864:.3f} %, "
+                              f"tumour {200 / 864:.3f} %")
 
 
 def test_imported_datasets_pass(run, tmp_path, capsys):

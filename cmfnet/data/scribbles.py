@@ -1,6 +1,6 @@
 """Scribble simulation from dense labels (``cmfnet scribble``).
 
-Two variants, written to ``scribblesTr/<variant>/{case}.nii.gz`` for training cases only
+Three variants, written to ``scribblesTr/<variant>/{case}.nii.gz`` for training cases only
 (uint8: 0 = background scribble, k = class-k scribble, 255 = unlabelled):
 
 ``sim`` (simulated manual scribbles)
@@ -41,6 +41,10 @@ Two variants, written to ``scribblesTr/<variant>/{case}.nii.gz`` for training ca
     (see :func:`auto_background`) on the same slices as ``sim``'s background: no randomness in
     its shape. Mean coverage on the same phantoms: 0.21 %, 1.2x the tumour (paper: 0.06 %, 1.5x).
 
+``scribblebench`` (ScribbleBench's protocol)
+    An interior spline and a partial-boundary stroke per slice and class, background included:
+    :mod:`cmfnet.data.scribblebench`.
+
 Guarantees: the scribble of class k lies inside label == k, background scribbles inside
 label == 0, and every class present in the label gets a non-empty scribble: Lee thinning keeps a
 pixel of every component and the erosion cap never erases a region, so even a one-voxel object
@@ -67,6 +71,8 @@ from skimage.morphology import skeletonize
 from cmfnet.errors import InputError
 from cmfnet.data.io import (FILE_ENDING, IGNORE, atomic_dir, counted, recover_leftovers, write_image, write_json)
 from cmfnet.data.dataset import Dataset
+from cmfnet.data.scribblebench import ScribbleBenchOptions, simulate_scribblebench
+from cmfnet.data.validate import coverage
 
 EIGHT_CONNECTED = ndimage.generate_binary_structure(2, 2)
 FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
@@ -342,7 +348,12 @@ def simulate_autobg(label: np.ndarray, num_classes: int, rng: np.random.Generato
     return _encode(label, foreground, auto_background(label, settings.autobg_margin_px, slices))
 
 
-VARIANTS: dict[str, Callable[..., np.ndarray]] = {"sim": simulate_scribble, "autobg": simulate_autobg}
+#: variant -> (generator, its options dataclass, whose defaults coverage.json records)
+VARIANTS: dict[str, tuple[Callable[..., np.ndarray], type]] = {
+    "sim": (simulate_scribble, ScribbleOptions),
+    "autobg": (simulate_autobg, ScribbleOptions),
+    "scribblebench": (simulate_scribblebench, ScribbleBenchOptions),
+}
 
 
 # -- datasets ----------------------------------------------------------------------------------
@@ -351,12 +362,6 @@ def case_rng(seed: int, case: str) -> np.random.Generator:
     """Per-case generator from (seed, case id): results do not depend on case order or count."""
     case_key = int.from_bytes(hashlib.sha256(case.encode()).digest()[:8], "little")
     return np.random.default_rng([seed, case_key])
-
-
-def coverage(scribble: np.ndarray, class_names: dict[int, str]) -> dict[str, float]:
-    """Percent of the image's voxels scribbled with each class (the paper's 'image coverage')."""
-    counts = np.bincount(scribble.ravel(), minlength=IGNORE + 1)
-    return {name: 100.0 * int(counts[class_id]) / scribble.size for class_id, name in class_names.items()}
 
 
 def make_scribbles(dataset_dir: str | Path, variant: str, seed: int = 0, **options: Any) -> dict[str, Any]:
@@ -368,7 +373,8 @@ def make_scribbles(dataset_dir: str | Path, variant: str, seed: int = 0, **optio
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown scribble variant '{variant}' (known: {', '.join(sorted(VARIANTS))})")
-    settings = ScribbleOptions(**options)  # bad options fail before anything is read or written
+    simulate, options_type = VARIANTS[variant]
+    settings = options_type(**options)  # bad options fail before anything is read or written
     dataset = Dataset(dataset_dir)
     names = dataset.class_names
     class_names = {k: names.get(k, str(k)) for k in range(dataset.num_classes)}
@@ -381,7 +387,7 @@ def make_scribbles(dataset_dir: str | Path, variant: str, seed: int = 0, **optio
     with atomic_dir(dataset.root / "scribblesTr" / variant) as folder:
         for case in cases:
             label = dataset.load_label(case)
-            scribble = VARIANTS[variant](label, dataset.num_classes, case_rng(seed, case), **asdict(settings))
+            scribble = simulate(label, dataset.num_classes, case_rng(seed, case), **asdict(settings))
             write_image(scribble, folder / f"{case}{FILE_ENDING}", dataset.geometry(case))
             per_case[case] = coverage(scribble, class_names)
         report = {
@@ -424,6 +430,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Write scribblesTr/<variant>/ (training cases only) and its coverage.json.")
     parser.add_argument("--dataset", type=Path, required=True, help="dataset folder (with dataset.json)")
     parser.add_argument("--variant", choices=sorted(VARIANTS), required=True,
-                        help="sim: simulated manual scribbles; autobg: sim foreground + eroded background")
+                        help="sim: simulated manual scribbles; autobg: sim foreground + eroded background; "
+                             "scribblebench: ScribbleBench's interior + partial-boundary strokes on every slice")
     parser.add_argument("--seed", type=int, default=0, help="base seed; each case uses (seed, case id)")
     parser.set_defaults(func=run)

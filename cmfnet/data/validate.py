@@ -58,6 +58,12 @@ def labelmap_problem(array: np.ndarray, allowed: set[int]) -> str | None:
     return None
 
 
+def coverage(scribble: np.ndarray, class_names: dict[int, str]) -> dict[str, float]:
+    """Percent of the image's voxels scribbled with each class (the paper's 'image coverage')."""
+    counts = np.bincount(scribble.ravel(), minlength=IGNORE + 1)
+    return {name: 100.0 * int(counts[class_id]) / scribble.size for class_id, name in class_names.items()}
+
+
 def split_problems(cases: list[str], splits: list[dict[str, Any]],
                    groups: dict[str, str] | None = None) -> list[str]:
     """:func:`cmfnet.data.splits.check_splits`, plus what the importers add.
@@ -111,10 +117,11 @@ class _Checker:
             return None
 
     def labelmap(self, path: Path, what: str, grid: Geometry | None, allowed: set[int],
-                 unlabelled: int | None) -> None:
+                 unlabelled: int | None) -> np.ndarray | None:
+        """The label map's problems, recorded; the array itself when it could be read."""
         loaded = self.volume(path, what)
         if loaded is None:
-            return
+            return None
         array, geometry = loaded
         if grid is not None and not geometry.same_grid(grid):
             self.add(path, f"grid {geometry.shape} @ {geometry.spacing} mm differs from the images "
@@ -124,6 +131,7 @@ class _Checker:
             self.add(path, problem)
         elif unlabelled is not None and np.all(array == unlabelled):
             self.add(path, "scribble is empty (no labelled voxel)")
+        return array
 
 
 def _stray_files(folder: Path, expected: set[str]) -> Iterator[Path]:
@@ -199,6 +207,8 @@ def validate_dataset(root: Path) -> tuple[list[str], str]:
         for path in leftover_partials(folder):
             check.add(path, _partial_problem(path))
     scribble_counts = {}
+    class_names = {int(v): k for k, v in meta["labels"].items()}
+    coverages: dict[str, list[dict[str, float]]] = {}
     for folder in variants:
         present = set()
         for path in _stray_files(folder, {SCRIBBLE_REPORT}):
@@ -210,8 +220,10 @@ def validate_dataset(root: Path) -> tuple[list[str], str]:
             if case not in training:
                 check.add(path, f"scribble of case {case}, which is in no fold's training list "
                                 "(a test or validation case must have no scribble)")
-            check.labelmap(path, f"scribble of case {case}", grids.get(case), set(range(num_classes)) | {IGNORE},
-                           IGNORE)
+            scribble = check.labelmap(path, f"scribble of case {case}", grids.get(case),
+                                      set(range(num_classes)) | {IGNORE}, IGNORE)
+            if scribble is not None:
+                coverages.setdefault(folder.name, []).append(coverage(scribble, class_names))
         missing = sorted(training - present)
         if missing:
             check.add(folder, f"no scribble for training {'case' if len(missing) == 1 else 'cases'} {missing[:5]}"
@@ -234,6 +246,9 @@ def validate_dataset(root: Path) -> tuple[list[str], str]:
     summary = (f"{root}: valid: {counted(len(cases), 'case')}, channels {','.join(channels)}, "
                f"{counted(num_classes, 'class', 'classes')} ({','.join(label_names)}), median spacing "
                f"{'x'.join(f'{s:g}' for s in median)} mm (z,y,x), splits {kind}, scribbles {scribbles}")
+    for variant, per_case in coverages.items():
+        means = ", ".join(f"{name} {np.mean([c[name] for c in per_case]):.3f} %" for name in label_names)
+        summary += f"\n  scribble coverage, {variant}, mean of {counted(len(per_case), 'case')}: {means}"
     return check.problems, summary
 
 

@@ -11,14 +11,13 @@ import SimpleITK as sitk
 
 from cmfnet.errors import InputError
 from cmfnet.data.importers.common import (Importer, check_case_id, identity_lookup, import_cases,
-                                     map_labels)
-from cmfnet.data.io import IGNORE, Geometry
+                                     map_labels, scribble_lookup)
+from cmfnet.data.io import Geometry
 from cmfnet.data.preprocess import CaseVolumes
 from cmfnet.data.splits import cross_validation
 
 
 ACDC_LABELS = {"background": 0, "RV": 1, "myocardium": 2, "LV": 3}
-ACDC_UNLABELLED = 4  # WSL4MIS trains with ignore_index=4
 
 
 def _read_h5(path: Path) -> dict[str, np.ndarray]:
@@ -49,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     groups = {case: case.split("_frame")[0] for case in files}
     splits, protocol = cross_validation(sorted(files), args.folds, args.seed, args.val_from_train, src, groups)
     has_scribbles = any("scribble" in _h5_keys(p) for p in files.values())
-    scribble_lookup = {0: 0, 1: 1, 2: 2, 3: 3, ACDC_UNLABELLED: IGNORE}
+    unlabelled = scribble_lookup(len(ACDC_LABELS), "highest")  # WSL4MIS trains with ignore_index=4
 
     def volume(array: np.ndarray, path: Path, key: str) -> sitk.Image:
         if array.ndim != 3:
@@ -73,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         label = map_labels(volume(data["label"], path, "label"), path, identity_lookup(4, False), "label")
         scribble = None
         if has_scribbles:
-            scribble = map_labels(volume(data["scribble"], path, "scribble"), path, scribble_lookup,
+            scribble = map_labels(volume(data["scribble"], path, "scribble"), path, unlabelled,
                                   "scribble (0-3, 4 = unlabelled)")
         return CaseVolumes(case, [image], label, scribble, {"source": str(path)}), path, path
 

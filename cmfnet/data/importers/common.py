@@ -88,6 +88,19 @@ def identity_lookup(num_classes: int, scribble: bool) -> dict[int, int]:
     return lookup
 
 
+#: how the major sources mark an unlabelled scribble voxel: ours and WORD's 255; WSL4MIS (4 on
+#: ACDC's classes 0-3) and nnU-Net (the ignore label, the highest integer label) the class count
+UNLABELLED_CONVENTIONS = ("255", "highest")
+
+
+def scribble_lookup(num_classes: int, unlabelled: str) -> dict[int, int]:
+    """Classes kept, the source's unlabelled value (``UNLABELLED_CONVENTIONS``) stored as 255."""
+    if unlabelled not in UNLABELLED_CONVENTIONS:
+        raise ValueError(f"unknown unlabelled convention {unlabelled!r}; known: {UNLABELLED_CONVENTIONS}")
+    return identity_lookup(num_classes, True) if unlabelled == "255" else \
+        {**identity_lookup(num_classes, False), num_classes: IGNORE}
+
+
 def require_same_grid(images: list[sitk.Image], paths: list[Path], why: str) -> None:
     reference = Geometry.of(images[0])
     for image, path in zip(images[1:], paths[1:], strict=True):

@@ -16,7 +16,8 @@ import SimpleITK as sitk
 from cmfnet.errors import InputError
 from cmfnet.data.importers.common import (GIVEN, DatasetBuilder, Importer, check_case_id, clean_leftovers,
                                      config_from_args, identity_lookup, map_labels, normalization_from_args,
-                                     read_source, refuse_foreign_out, require_same_grid, summary)
+                                     read_source, refuse_foreign_out, require_same_grid, scribble_lookup, summary,
+                                     UNLABELLED_CONVENTIONS)
 from cmfnet.data.io import IGNORE, atomic_dir, counted, read_json
 from cmfnet.data.dataset import read_dataset_json
 from cmfnet.data.preprocess import (CaseVolumes, PreprocessConfig, labelled_outside, outside_value, register_rigid,
@@ -158,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
     scribble = None
     if scribble_path:
         scribble = map_labels(read_source(scribble_path, "scribble"), scribble_path,
-                              identity_lookup(len(labels), True), "scribble")
+                              scribble_lookup(len(labels), args.scribble_unlabelled), "scribble")
     reference = images[0]
     record: dict[str, Any] = {"sources": [str(p) for p in image_paths], "registration": {}}
     if args.no_resample:
@@ -212,7 +213,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", action="append", required=True, metavar="FILE",
                         help="one modality; repeat; the first defines the grid")
     parser.add_argument("--label", required=True, metavar="FILE", help="dense label, in the first image's space")
-    parser.add_argument("--scribble", metavar="FILE", help="scribble (0 bg, k class, 255 unlabelled)")
+    parser.add_argument("--scribble", metavar="FILE", help="scribble (0 bg, k class; unlabelled: see below)")
+    parser.add_argument("--scribble-unlabelled", choices=sorted(UNLABELLED_CONVENTIONS), default="255",
+                        help="the scribble's unlabelled value: 255 (cmfnet, WORD) or highest, the number of "
+                             "classes (WSL4MIS's 4 on ACDC, nnU-Net's ignore label); stored as 255")
     parser.add_argument("--scribble-variant", default=GIVEN, help="scribblesTr/<variant> (default given)")
     parser.add_argument("--channel-names", help="e.g. CT,MR (required for a new dataset)")
     parser.add_argument("--labels", help="e.g. background=0,tumour=1, or a labels JSON file "
