@@ -99,6 +99,25 @@ def check_splits(cases: list[str], splits: list[dict[str, list[str]]]) -> list[s
     return problems
 
 
+def labelled_subset(train_cases: list[str], fraction: float, seed: int) -> list[str]:
+    """The labelled cases of a fold's training set under semi-supervision: ``round(fraction * n)``
+    of them (at least one, and at least one left unlabelled), drawn by ``seed``.
+
+    Label-free on purpose: stratifying by lesion size would read the masks of the cases that
+    become unlabelled, at training time, which the regime forbids; it needs lesion sizes recorded
+    when the data is prepared. The draw is a prefix of one seeded permutation of the sorted
+    cases, so for one seed a smaller fraction's subset lies inside a larger one's and two
+    training seeds share their labelled cases (as SSL4MIS's fixed lists do).
+    """
+    n = len(train_cases)
+    n_labelled = max(1, int(fraction * n + 0.5))
+    if n_labelled >= n:
+        raise ValueError(f"labelled fraction {fraction} of {counted(n, 'training case')} leaves no "
+                         "unlabelled case")
+    order = np.random.default_rng(seed).permutation(sorted(train_cases)).tolist()
+    return sorted(order[:n_labelled])
+
+
 # -- importers: cross-validation that keeps groups together and copes with few cases ---------------
 def _fold_from_rest(rest: list[str], test: list[str], rng: np.random.Generator, groups: dict[str, str],
                     val_from_train: bool, fold: int, source: Path) -> dict[str, Any]:
