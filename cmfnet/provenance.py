@@ -26,7 +26,6 @@ import hashlib
 import importlib.util
 import json
 import os
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +51,7 @@ def training_settings(card: Card, preset_train: dict[str, Any], protocol_version
     """Everything a model's weights depend on besides the data and the plugin's code."""
     settings = {key: value for key, value in card.to_dict().items() if key not in LABEL_KEYS | {"train"}}
     settings["params"] = load_method(card).params
-    settings["train"] = asdict(resolve_train_config(card, preset_train))
+    settings["train"] = resolve_train_config(card, preset_train).settings()
     return {"protocol_version": protocol_version, "card": settings}
 
 

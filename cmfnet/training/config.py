@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from cmfnet.errors import InputError
@@ -33,7 +33,13 @@ _TRAIN_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "checkpoint_interval": (lambda v: v >= 1, ">= 1"),
     "log_interval": (lambda v: v >= 1, ">= 1"),
     "seed": (lambda v: v >= 0, ">= 0"),
+    "labelled_fraction": (lambda v: v is None or 0 < v < 1, "in (0, 1) or null"),
+    "labelled_batch_size": (lambda v: v is None or v >= 1, ">= 1 or null"),
+    "labelled_seed": (lambda v: v >= 0, ">= 0"),
 }
+#: the semi-supervised regime's keys: a model's settings hold them only when labelled_fraction is
+#: set, so scribble and mask models keep the hashes they had before the regime existed
+SEMI_KEYS = ("labelled_fraction", "labelled_batch_size", "labelled_seed")
 
 
 @dataclass
@@ -68,6 +74,20 @@ class TrainConfig:
     # not bit-reproducible; CPU runs are unaffected)
     cudnn_benchmark: bool = True
     compile: bool = False  # torch.compile the network for the training steps (any device)
+    # supervision: semi (docs/semi-supervised.md): the share of a fold's training cases whose masks
+    # are read; the rest contribute images only. In the train block, not the card, because every
+    # method of a table must see the same labelled cases.
+    labelled_fraction: float | None = None
+    labelled_batch_size: int | None = None  # labelled patches per batch (None: half, rounded up)
+    labelled_seed: int = 0  # draws the labelled cases; apart from `seed`, so seeds share them
+
+    def settings(self) -> dict[str, Any]:
+        """What a model's hash records of this block: every value, the semi keys only when set."""
+        data = asdict(self)
+        if self.labelled_fraction is None:
+            for key in SEMI_KEYS:
+                del data[key]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: object = "train config") -> TrainConfig:

@@ -46,7 +46,6 @@ import platform
 import random
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +103,7 @@ def _dice_foreground(pred: np.ndarray, reference: np.ndarray, num_classes: int) 
 
 def _state_hash(card: Card, config: TrainConfig, fold: int, dataset: Dataset) -> str:
     """What a training result depends on: a checkpoint or model.pt with another hash is not this run's."""
-    text = json.dumps({"card": card.to_dict(), "train": asdict(config), "fold": fold,
+    text = json.dumps({"card": card.to_dict(), "train": config.settings(), "fold": fold,
                        "dataset": dataset.meta}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -462,7 +461,7 @@ class Trainer:
             k: v.detach().cpu() for k, v in final_model.state_dict().items()}
         selected = self.best["iteration"] if self.best_state is not None else self.iteration
         meta = {"card": self.card.to_dict(), "card_path": str(self.card.path), "method_id": self.card.id,
-                "train": asdict(self.config), "max_iterations": self.max_iterations,
+                "train": self.config.settings(), "max_iterations": self.max_iterations,
                 "fold": self.fold, "dataset": self.dataset.name, "dataset_path": str(self.dataset.root),
                 "train_cases": self.train_cases, "val_cases": self.val_cases,
                 "num_classes": self.num_classes, "channels": self.channels,
