@@ -6,7 +6,7 @@ from the defaults: the plugin's ``defaults`` for ``params``, the engine's and th
 
     name: pCE                 # the row label in tables
     plugin: baselines.pce     # dotted module, or a path to a .py file relative to the card
-    supervision: scribble     # scribble | mask
+    supervision: scribble     # scribble | mask | semi (a labelled fraction of masks, docs/semi-supervised.md)
     scribble_variant: sim     # which scribblesTr/<variant> to train on
     network: {arch: vnet, width: 16, dropout: 0.5}
     channels: null            # input channels fed to the network (null: all; [0]: CT only)
@@ -174,7 +174,7 @@ class Card:
     path: Path = field(metadata={"card_key": False})
     name: str
     plugin: str
-    supervision: Literal["scribble", "mask"] = "scribble"
+    supervision: Literal["scribble", "mask", "semi"] = "scribble"
     scribble_variant: str = "sim"
     network: dict[str, Any] = field(default_factory=lambda: {"arch": "vnet"})
     channels: list[int] | None = None

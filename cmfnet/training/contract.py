@@ -37,7 +37,9 @@ class Batch:
     """One training batch of patches.
 
     ``target`` holds scribble labels (255 = unlabelled) or dense labels, by the card's
-    supervision. ``boxes`` gives each patch's position in its training volume (``case_ids[i]``), so
+    supervision. ``labelled`` (B,) bool says which patches come from a case whose supervision
+    training reads: all of them, except under ``supervision: semi``, where the labelled patches
+    come first and the unlabelled ones (images only, target all 255) follow. ``boxes`` gives each patch's position in its training volume (``case_ids[i]``), so
     plugins with per-voxel state (S2L) can crop it. ``spacing`` is each patch's voxel spacing, read
     from its case's image header, as the metrics read it.
     """
@@ -47,6 +49,11 @@ class Batch:
     case_ids: list[str]
     boxes: list[tuple[slice, slice, slice]]
     spacing: list[Spacing]
+    labelled: torch.Tensor | None = None  # None: every patch is labelled
+
+    def __post_init__(self) -> None:
+        if self.labelled is None:
+            self.labelled = torch.ones(len(self.case_ids), dtype=torch.bool, device=self.image.device)
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,8 @@ A rerun removes partial files a killed write left in ``--out`` (and names them);
 through the atomic writes, so it leaves none.
 
 Scientific hygiene: training reads scribbles (or, for mask supervision, dense labels) of the
-fold's *training* cases only; validation reads the validation cases; test cases are never read.
+fold's *training* cases only, and under semi-supervision the masks of its labelled cases only;
+validation reads the validation cases; test cases are never read.
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ from cmfnet.training.contract import Batch, Method, StepInfo, TrainingContext
 from cmfnet.training.device import amp_dtype, mixed_precision, resolve_device
 from cmfnet.training.model import FORMAT_VERSION
 from cmfnet.training.plugins import load_method
-from cmfnet.training.sampling import PatchSampler, TrainVolume, pad_volume
+from cmfnet.training.sampling import TrainVolume, pad_volume
+from cmfnet.training.semi import labelled_cases, make_sampler, training_target
 from cmfnet.training.sliding_window import sliding_window_probabilities
 from cmfnet.training.train_log import TrainLog
 
@@ -148,6 +150,7 @@ class Trainer:
         split = dataset.split(fold)
         self.train_cases: list[str] = list(split["train"])
         self.val_cases: list[str] = list(split.get("val", []))
+        self.labelled_cases = labelled_cases(card, config, self.train_cases)  # all of them but under semi
         self.num_classes = dataset.num_classes
         self.channels = card.channels if card.channels is not None else list(range(dataset.num_channels))
         bad = [c for c in self.channels if not 0 <= c < dataset.num_channels]
@@ -188,7 +191,7 @@ class Trainer:
         self.base_lr = config.lr
         self.optimizer = self._make_optimizer()
         self.volumes: dict[str, TrainVolume] = {}
-        self.sampler = PatchSampler(self.volumes, config.patch_size, config.fg_fraction, self.rng)
+        self.sampler = make_sampler(card, config, self.volumes, self.train_cases, self.labelled_cases, self.rng)
         self.iteration = 0
         self.best = {"score": -1.0, "iteration": -1}
         self.best_state: dict[str, torch.Tensor] | None = None
@@ -262,10 +265,7 @@ class Trainer:
     def _load_volumes(self) -> None:
         for case in tqdm(self.train_cases, desc="loading", disable=not sys.stderr.isatty(), leave=False):
             image, geometry = self._load_image(case)
-            if self.card.supervision == "mask":
-                target = self.dataset.load_label(case)
-            else:
-                target = self.dataset.load_scribble(case, self.card.scribble_variant)
+            target = training_target(self.dataset, self.card, case, case in self.labelled_cases, image.shape[1:])
             image, target = pad_volume(image, target, self.config.patch_size)
             self.volumes[case] = TrainVolume(image, target, geometry)
 
@@ -404,7 +404,8 @@ class Trainer:
             images, targets, case_ids, boxes = self.sampler.sample(self.config.batch_size)
             batch = Batch(torch.from_numpy(images).to(self.device),
                           torch.from_numpy(targets.astype(np.int64)).to(self.device), case_ids, boxes,
-                          [self.volumes[case].spacing for case in case_ids])
+                          [self.volumes[case].spacing for case in case_ids],
+                          torch.tensor([case in self.labelled_cases for case in case_ids], device=self.device))
             lr = self._lr_at(self.iteration)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
@@ -463,7 +464,7 @@ class Trainer:
         meta = {"card": self.card.to_dict(), "card_path": str(self.card.path), "method_id": self.card.id,
                 "train": self.config.settings(), "max_iterations": self.max_iterations,
                 "fold": self.fold, "dataset": self.dataset.name, "dataset_path": str(self.dataset.root),
-                "train_cases": self.train_cases, "val_cases": self.val_cases,
+                "train_cases": self.train_cases, "labelled_cases": self.labelled_cases, "val_cases": self.val_cases,
                 "num_classes": self.num_classes, "channels": self.channels,
                 "channel_names": self.channel_names, "normalization": self.normalization,
                 "spacing": list(self.spacing), "patch_size": self.config.patch_size,

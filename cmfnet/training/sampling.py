@@ -1,4 +1,4 @@
-"""Training volumes held in memory and the patch sampler the engine draws batches with."""
+"""Training volumes held in memory and the patch samplers the engine draws batches with."""
 
 from __future__ import annotations
 
@@ -40,16 +40,18 @@ class PatchSampler:
 
     With probability ``fg_fraction`` a patch is placed around a random foreground-labelled voxel,
     otherwise around any labelled voxel; the chosen voxel lies anywhere inside the patch. It reads
-    the engine's volumes as they are when it samples; :meth:`forget` drops what it indexed of a
+    the engine's volumes as they are when it samples (only ``cases`` of them, when given: the
+    engine fills the volumes after making the sampler); :meth:`forget` drops what it indexed of a
     case whose target was replaced.
     """
 
     def __init__(self, volumes: dict[str, TrainVolume], patch: list[int], fg_fraction: float,
-                 rng: np.random.Generator) -> None:
+                 rng: np.random.Generator, cases: list[str] | None = None) -> None:
         self.volumes = volumes
         self.patch = patch
         self.fg_fraction = fg_fraction
         self.rng = rng
+        self.cases = None if cases is None else sorted(cases)
         self._index: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
 
     def forget(self, case: str) -> None:
@@ -68,7 +70,7 @@ class PatchSampler:
 
     def sample(self, batch_size: int) -> tuple[np.ndarray, np.ndarray, list[str], list[tuple[slice, ...]]]:
         images, targets, case_ids, boxes = [], [], [], []
-        cases = sorted(self.volumes)
+        cases = sorted(self.volumes) if self.cases is None else self.cases
         for _ in range(batch_size):
             case = cases[self.rng.integers(len(cases))]
             volume = self.volumes[case]
@@ -86,3 +88,38 @@ class PatchSampler:
             boxes.append(box_t)
         return np.stack(images), np.stack(targets), case_ids, boxes
 
+
+
+class SemiPatchSampler:
+    """Semi-supervised batches: ``labelled_per_batch`` patches of labelled cases, drawn as
+    :class:`PatchSampler` draws them, then patches of unlabelled cases placed uniformly at random
+    (their targets are all unlabelled, so there is no voxel to centre on)."""
+
+    def __init__(self, volumes: dict[str, TrainVolume], patch: list[int], fg_fraction: float,
+                 rng: np.random.Generator, labelled: list[str], unlabelled: list[str],
+                 labelled_per_batch: int) -> None:
+        self.volumes = volumes
+        self.patch = patch
+        self.rng = rng
+        self.labelled = PatchSampler(volumes, patch, fg_fraction, rng, cases=labelled)
+        self.unlabelled = sorted(unlabelled)
+        self.labelled_per_batch = labelled_per_batch
+
+    def forget(self, case: str) -> None:
+        """See :meth:`PatchSampler.forget`."""
+        self.labelled.forget(case)
+
+    def sample(self, batch_size: int) -> tuple[np.ndarray, np.ndarray, list[str], list[tuple[slice, ...]]]:
+        images, targets, case_ids, boxes = self.labelled.sample(self.labelled_per_batch)
+        more_images, more_targets = [], []
+        for _ in range(batch_size - self.labelled_per_batch):
+            case = self.unlabelled[self.rng.integers(len(self.unlabelled))]
+            volume = self.volumes[case]
+            box = tuple(slice(start := int(self.rng.integers(0, s - p + 1)), start + p)
+                        for p, s in zip(self.patch, volume.target.shape))
+            more_images.append(volume.image[(slice(None), *box)])
+            more_targets.append(volume.target[box])
+            case_ids.append(case)
+            boxes.append(box)
+        return (np.concatenate([images, np.stack(more_images)]), np.concatenate([targets, np.stack(more_targets)]),
+                case_ids, boxes)
