@@ -1,0 +1,146 @@
+"""The semi-supervised regime (supervision: semi): labelled subsets, mixed batches, and no mask of an
+unlabelled case ever read by training."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from baselines.sup_only import SupervisedOnly
+from cmfnet.data.dataset import Dataset
+from cmfnet.data.io import IGNORE, Geometry
+from cmfnet.data.splits import labelled_subset
+from cmfnet.errors import InputError
+from cmfnet.training.cards import load_card
+from cmfnet.training.config import SEMI_KEYS, TrainConfig
+from cmfnet.training.contract import Batch, StepInfo
+from cmfnet.training.engine import Trainer
+from cmfnet.training.sampling import SemiPatchSampler, TrainVolume
+
+REPO = Path(__file__).resolve().parents[1]
+CARDS = ["semi_suponly", "semi_meanteacher"]
+# the tiny fixture's fold 0 trains on 4 cases: half of them labelled, batches of 2 + 2
+SEMI = {"iterations": 3, "batch_size": 4, "patch_size": [16, 32, 32], "val_interval": 0,
+        "checkpoint_interval": 100, "log_interval": 1, "labelled_fraction": 0.5}
+
+
+def semi_card(name: str, *overrides: str):
+    return load_card(REPO / "methods" / f"{name}.yaml", ["network.width=2", *overrides])
+
+
+def test_labelled_subset_is_seeded_nested_and_never_empty() -> None:
+    cases = [f"c{i:02d}" for i in range(18)]
+    ten, twenty = labelled_subset(cases, 0.1, 0), labelled_subset(cases, 0.2, 0)
+    assert (len(ten), len(twenty)) == (2, 4)  # round(1.8), round(3.6)
+    assert ten == labelled_subset(list(reversed(cases)), 0.1, 0)  # the order given does not matter
+    assert set(ten) <= set(twenty)  # one seed: a smaller fraction's cases lie inside a larger one's
+    assert {tuple(labelled_subset(cases, 0.2, seed)) for seed in range(5)} != {tuple(twenty)}
+    assert len(labelled_subset(cases[:5], 0.01, 0)) == 1  # at least one labelled case
+    with pytest.raises(ValueError, match="leaves no unlabelled case"):
+        labelled_subset(cases[:2], 0.9, 0)
+
+
+def test_semi_sampler_puts_labelled_patches_first_and_unlabelled_targets_are_all_ignore() -> None:
+    shape = (16, 24, 24)
+    volumes = {}
+    for case in ("a", "b", "u", "v"):
+        target = np.full(shape, IGNORE, np.uint8)
+        if case in ("a", "b"):
+            target[:] = 0
+            target[8, 12, 12] = 1
+        volumes[case] = TrainVolume(np.zeros((1, *shape), np.float32), target, Geometry.default(shape, (1, 1, 1)))
+    sampler = SemiPatchSampler(volumes, [8, 16, 16], 0.5, np.random.default_rng(0), ["a", "b"], ["u", "v"], 1)
+    seen = set()
+    for _ in range(30):
+        images, targets, case_ids, boxes = sampler.sample(3)
+        assert images.shape == (3, 1, 8, 16, 16) and targets.shape == (3, 8, 16, 16) and len(boxes) == 3
+        assert case_ids[0] in ("a", "b") and set(case_ids[1:]) <= {"u", "v"}
+        assert (targets[1:] == IGNORE).all() and (targets[0] != IGNORE).all()
+        seen.update(case_ids[1:])
+    assert seen == {"u", "v"}
+
+
+def test_engine_batches_carry_the_configured_ratio(tmp_path: Path, tiny_dataset: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """1 labelled + 2 unlabelled patches per batch, flagged by Batch.labelled, each from a case of its kind."""
+    card = semi_card("semi_suponly")
+    trainer = Trainer(card, Dataset(tiny_dataset), 0, tmp_path / "out",
+                      TrainConfig(**{**SEMI, "batch_size": 3, "labelled_batch_size": 1}), device="cpu")
+    seen: list[Batch] = []
+    real_loss = trainer.method.loss
+
+    def spy(model: torch.nn.Module, batch: Batch, step: StepInfo) -> tuple[torch.Tensor, dict[str, float]]:
+        seen.append(batch)
+        return real_loss(model, batch, step)
+
+    monkeypatch.setattr(trainer.method, "loss", spy)
+    meta = trainer.fit()
+    labelled = set(meta["labelled_cases"])
+    assert len(labelled) == 2 and labelled < set(meta["train_cases"])
+    assert len(seen) == SEMI["iterations"]
+    for batch in seen:
+        assert batch.labelled.tolist() == [True, False, False]
+        assert [case in labelled for case in batch.case_ids] == [True, False, False]
+        assert (batch.target[1:] == IGNORE).all()
+
+
+@pytest.mark.parametrize("name", CARDS)
+def test_each_semi_card_trains_without_reading_an_unlabelled_mask(name: str, tmp_path: Path, tiny_dataset: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The unlabelled cases' label files are garbage, and every label read is recorded: training
+    completes, and reads the masks of the labelled and validation cases only."""
+    dataset = Dataset(tiny_dataset)
+    split = dataset.split(0)
+    labelled = labelled_subset(split["train"], SEMI["labelled_fraction"], 0)
+    for case in split["train"]:
+        if case not in labelled:
+            dataset.label_path(case).write_bytes(b"not a NIfTI file")
+    read: list[str] = []
+    real_load = Dataset.load_label
+
+    def spy(self: Dataset, case: str) -> np.ndarray:
+        read.append(case)
+        return real_load(self, case)
+
+    monkeypatch.setattr(Dataset, "load_label", spy)
+    meta = Trainer(semi_card(name), dataset, 0, tmp_path / "out", TrainConfig(**SEMI), device="cpu").fit()
+    assert meta["labelled_cases"] == labelled and (tmp_path / "out" / "model.pt").is_file()
+    assert sorted(set(read)) == sorted(labelled + split["val"])
+
+
+def test_semi_settings_enter_the_hash_only_when_set() -> None:
+    """Scribble and mask models keep the hashes they had before the regime existed."""
+    every = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert set(TrainConfig().settings()) == every - set(SEMI_KEYS)
+    assert set(TrainConfig(labelled_fraction=0.1).settings()) == every
+
+
+def test_semi_refuses_what_cannot_make_a_mixed_batch(tmp_path: Path, tiny_dataset: Path) -> None:
+    card = semi_card("semi_suponly")
+    for train, problem in (({"labelled_fraction": None}, "needs train.labelled_fraction"),
+                           ({"labelled_batch_size": 4}, "needs labelled and unlabelled patches"),
+                           ({"labelled_fraction": 0.9}, "leaves no unlabelled case")):
+        with pytest.raises(InputError, match=problem):
+            Trainer(card, Dataset(tiny_dataset), 0, tmp_path / "out", TrainConfig(**{**SEMI, **train}), device="cpu")
+    with pytest.raises(InputError, match="supervision must be"):
+        load_card(REPO / "methods" / "semi_suponly.yaml", ["supervision=semis"])
+
+
+def test_supervised_only_never_feeds_an_unlabelled_patch_to_the_network() -> None:
+    fed: list[torch.Tensor] = []
+
+    def network(image: torch.Tensor) -> torch.Tensor:
+        fed.append(image)
+        return torch.zeros(image.shape[0], 2, *image.shape[2:], requires_grad=True)
+
+    image = torch.arange(4.0).view(4, 1, 1, 1, 1).expand(4, 1, 2, 2, 2)
+    target = torch.full((4, 2, 2, 2), IGNORE)
+    target[:2] = 1
+    batch = Batch(image, target, ["a", "b", "u", "v"], [], [], torch.tensor([True, True, False, False]))
+    loss, _ = SupervisedOnly(semi_card("semi_suponly")).loss(network, batch, StepInfo(0, 1))
+    assert fed[0][:, 0, 0, 0, 0].tolist() == [0.0, 1.0]
+    assert loss.item() == pytest.approx(np.log(2))
