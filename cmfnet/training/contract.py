@@ -39,8 +39,9 @@ class Batch:
     ``target`` holds scribble labels (255 = unlabelled) or dense labels, by the card's
     supervision. ``labelled`` (B,) bool says which patches come from a case whose supervision
     training reads: all of them, except under ``supervision: semi``, where the labelled patches
-    come first and the unlabelled ones (images only, target all 255) follow. ``boxes`` gives each patch's position in its training volume (``case_ids[i]``), so
-    plugins with per-voxel state (S2L) can crop it. ``spacing`` is each patch's voxel spacing, read
+    come first and the unlabelled ones (images only, target all 255) follow. ``boxes`` gives each
+    patch's position in its training volume (``case_ids[i]``), so plugins with per-voxel state
+    (S2L) can crop it. ``spacing`` is each patch's voxel spacing, read
     from its case's image header, as the metrics read it.
     """
 
