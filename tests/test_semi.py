@@ -144,3 +144,21 @@ def test_supervised_only_never_feeds_an_unlabelled_patch_to_the_network() -> Non
     loss, _ = SupervisedOnly(semi_card("semi_suponly")).loss(network, batch, StepInfo(0, 1))
     assert fed[0][:, 0, 0, 0, 0].tolist() == [0.0, 1.0]
     assert loss.item() == pytest.approx(np.log(2))
+
+
+def test_mean_teacher_consistency_vanishes_when_teacher_and_student_agree() -> None:
+    """Without input noise, a teacher equal to the student gives zero consistency on every patch;
+    the cross-entropy is that of the labelled patches only."""
+    from baselines.mean_teacher import MeanTeacher
+
+    method = MeanTeacher(semi_card("semi_meanteacher", "params.noise_std=0.0"))
+    model = method.build_network(2, 2).eval()
+    image = torch.randn(2, 2, 16, 16, 16)
+    target = torch.zeros(2, 16, 16, 16, dtype=torch.long)
+    target[1] = IGNORE
+    batch = Batch(image, target, ["a", "u"], [], [], torch.tensor([True, False]))
+    loss, parts = method.loss(model, batch, StepInfo(9, 10, teacher=model))
+    assert parts["consistency"] == pytest.approx(0.0, abs=1e-12) and parts["consistency_weight"] > 0
+    with torch.no_grad():
+        expected = torch.nn.functional.cross_entropy(model(image[:1]), target[:1])
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
