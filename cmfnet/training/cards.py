@@ -140,6 +140,12 @@ _NETWORK_RANGES: dict[str, tuple[collections.abc.Callable[[Any], bool], str]] = 
     "ct_convs": (lambda v: v >= 1, ">= 1"),
     "mr_convs": (lambda v: v >= 1, ">= 1"),
     "mm_convs": (lambda v: v >= 1, ">= 1"),
+    "num_res_units": (lambda v: v >= 0, ">= 0"),
+    "blocks_down": (lambda v: len(v) >= 1 and min(v) >= 1, ">= 1 per level"),
+    "blocks_up": (lambda v: not v or min(v) >= 1, ">= 1 per level"),
+    "hidden_size": (lambda v: v >= 1, ">= 1"),
+    "num_heads": (lambda v: v >= 1, ">= 1"),
+    "mlp_dim": (lambda v: v >= 1, ">= 1"),
     "norm": (lambda v: v in ("batch", "instance", "group", "none"), "batch, instance, group or none"),
     "act": (lambda v: v in ("relu", "prelu"), "relu or prelu"),
 }

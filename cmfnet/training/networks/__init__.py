@@ -11,6 +11,6 @@ from __future__ import annotations
 from cmfnet.training.networks.registry import available, build_network, count_parameters, network_constructor, register
 
 # Importing the modules registers their constructors.
-from cmfnet.training.networks import cmfnet, vnet  # noqa: E402,F401
+from cmfnet.training.networks import cmfnet, monai_nets, vnet  # noqa: E402,F401
 
 __all__ = ["available", "build_network", "count_parameters", "network_constructor", "register"]
