@@ -128,7 +128,7 @@ params: {use_ssl: true, use_imr: true, use_imc: true, lambda_ct: 0.2, lambda_mr:
 
 @pytest.mark.parametrize(("stem", "changes"), [
     ("cmfnet_autobg", {"name": "CmFNet (AutoBG)", "scribble_variant": "autobg"}),
-    ("cmfnet_fullmask", {"supervision": "mask"})])
+    ("cmfnet_fullmask", {"supervision": "mask", "table": "table3"})])
 def test_cmfnet_variant_cards_resolve_to_the_full_cards_they_replaced(stem: str, changes: dict,
                                                                       tmp_path: Path) -> None:
     """The small overrides resolve to what the former full cards (written out here) gave: every
