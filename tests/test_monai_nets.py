@@ -29,6 +29,7 @@ TINY = {
     "monai_unet": {"width": 2, "downsamplings": 4, "num_res_units": 1},
     "segresnet": {"width": 2, "blocks_down": [1, 1, 1], "blocks_up": [1, 1]},
     "dynunet": {"width": 2, "downsamplings": 4, "res_block": True},
+    "unetplusplus": {"width": 2},
     "unetr": {"width": 2, "img_size": PATCH, "hidden_size": 12, "num_heads": 2, "mlp_dim": 24},
 }
 TINY_UNETR = ["network.width=2", "network.hidden_size=12", "network.num_heads=2", "network.mlp_dim=24"]
@@ -92,7 +93,8 @@ def test_table3_rows_load_under_each_preset_and_the_vnet_row_reads_fullysup_s_mo
     """A preset's network: block ({width: 8, dropout: 0}) reaches every row, as the pipeline applies it."""
     overrides = network_overrides(yaml.safe_load((CONFIG / preset).read_text())["network"])
     ids = method_ids(METHODS / "table3.yaml")
-    assert ids == ["table3.vnet", "table3.resunet", "table3.unetr", "table3.segresnet", "table3.dynunet"]
+    assert ids == ["table3.vnet", "table3.resunet", "table3.unetpp", "table3.unetr", "table3.segresnet",
+                   "table3.dynunet"]
     for method_id in ids:
         path, variant, _ = card_path_for_id(METHODS, method_id)
         card = load_card(path, overrides, variant=variant)

@@ -132,6 +132,30 @@ class DynUNet(nn.Module):
         return self.net(x)
 
 
+@register("unetplusplus")
+class UNetPlusPlus(nn.Module):
+    """MONAI's ``BasicUNetPlusPlus`` (Zhou et al. 2018): nested, densely connected skip pathways.
+
+    Five levels (four max-pool downsamplings, fixed by MONAI) with MONAI's width pattern
+    (32, 32, 64, 128, 256, 32) scaled to ``width`` = its first entry. Deep supervision stays off:
+    the engine trains one output, the full-depth one (MONAI's ``x_0_4``).
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, width: int = 16, dropout: float = 0.0) -> None:
+        super().__init__()
+        features = (width, width, 2 * width, 4 * width, 8 * width, width)
+        self.net = monai_nets().BasicUNetPlusPlus(spatial_dims=3, in_channels=in_channels, out_channels=num_classes,
+                                                  features=features, dropout=dropout)
+
+    @property
+    def size_divisor(self) -> int:
+        return 16
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (logits,) = self.net(x)  # a one-element list without deep supervision
+        return logits
+
+
 @register("unetr")
 class UNETR(nn.Module):
     """MONAI's ``UNETR`` (Hatamizadeh et al. 2022): a ViT encoder on 16^3 patches, a CNN decoder.
