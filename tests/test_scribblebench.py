@@ -12,7 +12,7 @@ from cmfnet.data.io import IGNORE, read_image, read_json
 from cmfnet.data.scribblebench import (ScribbleBenchOptions, boundary_stroke, interior_stroke,
                                        simulate_scribblebench)
 from cmfnet.data.scribbles import make_scribbles
-from tests.test_scribbles import NUM_CLASSES, TINY, _write_dataset, make_label
+from test_scribbles import NUM_CLASSES, TINY, _write_dataset, make_label
 
 
 def _random_label(seed: int, classes: int) -> np.ndarray:
