@@ -16,7 +16,6 @@ import re
 import shutil
 import subprocess
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -318,9 +317,9 @@ def test_a_by_hand_run_with_the_preset_file_trains_with_the_pipelines_block(fini
     card = load_card(finished / "methods" / "pce.yaml")
     by_hand = resolve_train_config(card, layered_train_block(files))
     recorded = json.loads((finished / "results" / "models" / "smoke-npc" / "pce" / "seed0" / "fold0" / "meta.json").read_text())
-    assert asdict(by_hand) == recorded["train"] == asdict(resolve_train_config(card, preset["train"]))
-    assert asdict(by_hand) != asdict(TrainConfig())  # without --train-config: the engine's own block
-    assert asdict(by_hand) != asdict(resolve_train_config(card, layered_train_block(files[1:])))
+    assert by_hand.settings() == recorded["train"] == resolve_train_config(card, preset["train"]).settings()
+    assert by_hand.settings() != TrainConfig().settings()  # without --train-config: the engine's own block
+    assert by_hand.settings() != resolve_train_config(card, layered_train_block(files[1:])).settings()
 
 
 def test_tables_names_the_folder_it_searched(tmp_path: Path) -> None:
