@@ -1,0 +1,247 @@
+"""What `cmfnet tables` shows a reader: labels, marks, p-values, error texts, the command's options.
+
+Written for the mutmut survivors of tables.py (issue 16): the committed reference results pin one
+single-class table with a reference row; these cover the rest (several classes, one case, no
+reference, the secondary table, the LaTeX marks on ties, the error messages and the CLI). Every
+expected value is derived in the test from the hand-made input.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib.figure
+import pandas as pd
+import pytest
+
+from cmfnet import cli
+from cmfnet.errors import InputError
+from cmfnet.evaluation.tables import write_tables
+
+
+def rows_csv(path: Path, rows: list[dict[str, object]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def row(method: str, name: str, case: str, dsc: float, asd: float = 1.0, **extra: object) -> dict[str, object]:
+    return {"method": method, "method_name": name, "fold": 0, "case": case, "class": "tumour",
+            "dsc": dsc, "asd": asd, **extra}
+
+
+# -- Markdown -------------------------------------------------------------------------------------
+def test_one_case_one_fold_one_seed_shows_dashes_and_no_p_column_without_a_reference(tmp_path: Path) -> None:
+    """One case: no std (shown 0.00), no CI, no spread over folds or seeds (–); no cmfnet row, so
+    no p column. Breaks caught: the '–' of the spreads/CI, the NaN std shown as nan, a p column
+    without a reference, the table title."""
+    path = rows_csv(tmp_path / "a.csv", [row("a", "A", "c0", 0.5, 5.0, data="masks")])
+    write_tables([path], tmp_path / "out")
+    lines = (tmp_path / "out" / "table1.md").read_text().splitlines()
+    assert lines[0] == "### table1"
+    assert lines[2] == ("| Methods | Data | DSC (%) ↑ | ASD (mm) ↓ | DSC 95 % CI | cases | folds | "
+                        "DSC spread over folds | seeds | DSC spread over seeds | rank per seed |")
+    assert lines[3] == "|" + "---|" * 11
+    assert lines[4] == "| A | masks | 50.00 ± 0.00 | 5.00 ± 0.00 | – | 1 | 1 | – | 1 | – | 1 |"
+    table = pd.read_csv(tmp_path / "out" / "table1.csv")
+    assert table["reference"].isna().all() and table["p_vs_reference"].isna().all()
+
+
+def test_p_values_are_wilcoxon_against_the_reference_formatted_and_starred(tmp_path: Path) -> None:
+    """Exact two-sided signed-rank p with all n differences of one sign is 2 / 2**n: n = 3 gives
+    0.25 (no star), n = 6 gives 0.03125 (0.031 *), n = 11 gives 0.00098 (< 0.001 *); the reference
+    row itself shows –. One comparison per table, so Holm leaves p as it is."""
+    rows = []
+    for table, n in (("table1", 6), ("table2", 11), ("table3", 3)):
+        for i in range(n):
+            case = f"{table}_c{i}"
+            rows += [row("cmfnet", "CmFNet", case, 0.5 + 0.01 * (i + 1), table=table),
+                     row("a", "A", case, 0.5, table=table)]
+    write_tables([rows_csv(tmp_path / "m.csv", rows)], tmp_path / "out")
+    expected = {"table1": "0.031 *", "table2": "< 0.001 *", "table3": "0.25"}
+    for table, p in expected.items():
+        lines = (tmp_path / "out" / f"{table}.md").read_text().splitlines()
+        assert lines[2].endswith("| rank per seed | p vs CmFNet (Holm) |")
+        assert lines[3] == "|" + "---|" * 12
+        ours, theirs = (line for line in lines if line.startswith(("| CmFNet |", "| A |")))
+        assert ours.endswith(" | – |") and theirs.endswith(f" | {p} |"), table
+        csv = pd.read_csv(tmp_path / "out" / f"{table}.csv").set_index("method")
+        assert csv.loc["a", "reference"] == "cmfnet"
+    assert pd.read_csv(tmp_path / "out" / "table1.csv").set_index("method").loc["a", "p_holm"] == \
+        pytest.approx(2 / 2 ** 6, abs=1e-4)
+
+
+def test_multi_class_markdown_header_names_each_class_and_the_mean(tmp_path: Path) -> None:
+    rows = [{**row("a", "A", f"c{i}", 0.5 + 0.1 * i), "class": cls} for i in range(2) for cls in ("gtv", "node")]
+    write_tables([rows_csv(tmp_path / "a.csv", rows)], tmp_path / "out")
+    header = (tmp_path / "out" / "table1.md").read_text().splitlines()[2]
+    assert header.startswith("| Methods | Data | gtv DSC (%) ↑ | gtv ASD (mm) ↓ | node DSC (%) ↑ | node ASD (mm) ↓ "
+                             "| mean DSC (%) ↑ | mean ASD (mm) ↓ | DSC 95 % CI |")
+
+
+def test_secondary_metrics_table_has_its_own_header(tmp_path: Path) -> None:
+    rows = [row("a", "A", f"c{i}", 0.5, assd=1.0, hd95=2.0, nsd=0.5) for i in range(2)]
+    write_tables([rows_csv(tmp_path / "a.csv", rows)], tmp_path / "out")
+    lines = (tmp_path / "out" / "table1.md").read_text().splitlines()
+    start = lines.index("| Methods | ASSD (mm) ↓ | HD95 (mm) ↓ | NSD ↑ |")
+    assert lines[start - 1] == "" and lines[start + 1] == "|---|---|---|---|"
+    assert lines[start + 2] == "| A | 1.00 ± 0.00 | 2.00 ± 0.00 | 0.50 ± 0.00 |"
+    assert lines[start + 3] == ""  # then the footnote
+
+
+# -- LaTeX ----------------------------------------------------------------------------------------
+def test_latex_escapes_specials_and_names_each_class_in_the_header(tmp_path: Path) -> None:
+    name = "A&B 50% $x #1 {y}_z"
+    rows = [{**row("a", name, f"c{i}", 0.5 + 0.2 * i, data="my_data"), "class": cls}
+            for i in range(2) for cls in ("gross_tumour", "node")]
+    write_tables([rows_csv(tmp_path / "a.csv", rows)], tmp_path / "out")
+    lines = (tmp_path / "out" / "table1.tex").read_text().splitlines()
+    assert lines[:3] == ["% table1", "\\begin{tabular}{llcccccc}", "\\toprule"]
+    assert lines[3] == ("Methods & Data & gross\\_tumour DSC (\\%) & gross\\_tumour ASD (mm) & node DSC (\\%) & "
+                        "node ASD (mm) & mean DSC (\\%) & mean ASD (mm) \\\\")
+    assert lines[4] == "\\midrule"
+    assert lines[5].startswith("A\\&B 50\\% \\$x \\#1 \\{y\\}\\_z & my\\_data & ")
+    assert lines[-2:] == ["\\bottomrule", "\\end{tabular}"]
+
+
+def test_latex_ties_share_the_bold_and_a_single_value_is_bold_without_a_std(tmp_path: Path) -> None:
+    """Two rows tied at the best DSC are both bold, the next one underlined; a one-case row has no
+    std (0.00)."""
+    rows = [row("a", "A", "c0", 0.8, 1.0), row("b", "B", "c0", 0.8, 2.0), row("c", "C", "c0", 0.7, 3.0)]
+    write_tables([rows_csv(tmp_path / "m.csv", rows)], tmp_path / "out", order=["a", "b", "c"])
+    lines = (tmp_path / "out" / "table1.tex").read_text().splitlines()
+    a, b, c = (next(line for line in lines if line.startswith(p)) for p in ("A &", "B &", "C &"))
+    assert "\\textbf{80.00 $\\pm$ 0.00}" in a and "\\textbf{80.00 $\\pm$ 0.00}" in b
+    assert "\\underline{70.00 $\\pm$ 0.00}" in c
+    assert "\\textbf{1.00 $\\pm$ 0.00}" in a and "\\underline{2.00 $\\pm$ 0.00}" in b
+
+
+# -- collect: error texts and optional columns ----------------------------------------------------
+@pytest.mark.parametrize("content, problem", [
+    (b"", "cannot read metrics (EmptyDataError)"),
+    (b"method,x\n1,2\n3,4,5,6,7\n", "cannot read metrics (ParserError)"),
+    (b"method,x\n\xff\xfe,1\n", "cannot read metrics (UnicodeDecodeError)"),
+    (b"method,method_name,fold,case,class,dsc\na,A,0,c0,t,0.5\n", "missing columns ['asd']"),
+])
+def test_unreadable_metrics_are_refused_naming_the_file(content: bytes, problem: str, tmp_path: Path) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_bytes(content)
+    with pytest.raises(InputError) as err:
+        write_tables([path], tmp_path / "out")
+    assert str(err.value) == f"{path}: {problem}"
+
+
+def test_no_metric_files_and_mixed_datasets_are_refused_with_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="^metrics: no per-case metric CSVs found$"):
+        write_tables([], tmp_path / "out")
+    one = rows_csv(tmp_path / "m" / "1.csv", [row("a", "A", "c0", 0.5, dataset="y")])
+    other = rows_csv(tmp_path / "m" / "2.csv", [row("a", "A", "c1", 0.5, dataset="x")])
+    with pytest.raises(InputError) as err:
+        write_tables([one, other], tmp_path / "out")
+    assert str(err.value) == (f"{tmp_path / 'm'}: metrics of several datasets (x, y); choose one, "
+                              "e.g. --results results/metrics/x")
+
+
+def test_a_duplicate_is_reported_in_the_file_that_repeats_it(tmp_path: Path) -> None:
+    first = rows_csv(tmp_path / "1.csv", [row("a", "A", "c0", 0.5, seed=3)])
+    again = rows_csv(tmp_path / "2.csv", [row("a", "A", "c0", 0.6, seed=3)])
+    with pytest.raises(InputError) as err:
+        write_tables([first, again], tmp_path / "out")
+    assert str(err.value) == f"{again}: duplicate rows for a seed 3 fold 0 case c0 class tumour"
+
+
+def test_rows_without_table_seed_or_data_go_to_table1_seed_0(tmp_path: Path) -> None:
+    """No `table` column, or an empty one, means table1; no `seed` column means one seed 0; no
+    `data` column leaves the Data cell empty. Provenance lists tables, rows and methods."""
+    plain = rows_csv(tmp_path / "1.csv", [row("b", "B", f"c{i}", 0.5 + 0.1 * i) for i in range(2)])
+    tagged = rows_csv(tmp_path / "2.csv", [row("a", "A", "c0", 0.5, table=""), row("a", "A", "c1", 0.7, table="")])
+    written = write_tables([plain, tagged], tmp_path / "out")
+    out = tmp_path / "out"
+    assert written == [out / "table1.csv", out / "table1.md", out / "table1.tex"]
+    assert json.loads((out / "provenance.json").read_text()) == {"tables": ["table1"], "rows": 4,
+                                                                 "methods": ["a", "b"]}
+    table = pd.read_csv(out / "table1.csv", keep_default_na=False).set_index("method")
+    assert table.loc["a", "seeds"] == 1 and table.loc["a", "seed"] == 0 and table.loc["a", "data"] == ""
+    assert "| B |  | 55.00 ± 7.07 |" in (out / "table1.md").read_text()
+
+
+def test_csv_keeps_four_decimals_and_joins_seeds_configs_and_versions(tmp_path: Path) -> None:
+    rows = [row("a", "A", f"c{i}", v, seed=seed, config=cfg, cmfnet_version="0.3", data="scribbles")
+            for seed, cfg in ((1, "c2"), (0, "c1")) for i, v in enumerate((0.1, 0.2, 0.4))]
+    write_tables([rows_csv(tmp_path / "a.csv", rows)], tmp_path / "out", order=["nowhere", "a"])
+    text = (tmp_path / "out" / "table1.csv").read_text()
+    assert ",23.3333," in text  # 100 * (0.1 + 0.2 + 0.4) / 3 to four decimals
+    table = pd.read_csv(tmp_path / "out" / "table1.csv", dtype=str).iloc[0]
+    assert (table["seed"], table["config"], table["cmfnet_version"], table["seeds"]) == ("0;1", "c1;c2", "0.3", "2")
+
+
+def test_an_order_names_only_known_methods_and_unlisted_ones_follow(tmp_path: Path) -> None:
+    rows = [row(m, m.upper(), "c0", 0.5) for m in ("a", "b", "c")]
+    write_tables([rows_csv(tmp_path / "m.csv", rows)], tmp_path / "out", order=["c", "zz", "a"])
+    assert pd.read_csv(tmp_path / "out" / "table1.csv")["method"].tolist() == ["c", "a", "b"]
+
+
+def test_sweep_tables_get_a_titled_figure_of_the_class_mean_and_others_none(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fig* table with two classes plots the per-case mean over classes; table1 gets no figure."""
+    figures: list[matplotlib.figure.Figure] = []
+    savefig = matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                        lambda self, *a, **k: (figures.append(self), savefig(self, *a, **k))[1])
+    rows = [{**row(f"v{v}", f"w={v}", f"c{i}", d, table="fig6_x"), "class": cls}
+            for v in range(2) for i in range(2) for cls, d in (("gtv", 0.2 * (v + 1)), ("node", 0.4))]
+    rows += [row("a", "A", "c0", 0.5)]
+    written = write_tables([rows_csv(tmp_path / "m.csv", rows)], tmp_path / "tables")
+    figure_path = tmp_path / "figures" / "fig6_x.png"
+    assert figure_path in written and figure_path.stat().st_size > 0
+    assert not (tmp_path / "figures" / "table1.png").exists()
+    (figure,) = figures
+    assert figure._suptitle is not None and figure._suptitle.get_text() == "fig6_x"
+    assert list(figure.axes[0].lines[0].get_ydata()) == pytest.approx([100 * (0.2 + 0.4) / 2, 100 * (0.4 + 0.4) / 2])
+    md = (tmp_path / "tables" / "fig6_x.md").read_text()
+    tex = (tmp_path / "tables" / "fig6_x.tex").read_text()
+    assert md.startswith("### fig6_x\n") and tex.startswith("% fig6_x\n")
+
+
+# -- the command ----------------------------------------------------------------------------------
+def test_tables_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -> None:
+    """What `cmfnet tables --help` promises a user: where the CSVs are read, what each option does."""
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["tables", "--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for words in ("Read RESULTS/metrics/**/*.csv (or the given --metrics files) and write one table per table tag into OUT.",
+                  "--results RESULTS results folder: reads every CSV under its metrics/",
+                  "--metrics METRICS [METRICS ...] or: exactly these metrics CSVs",
+                  "--out OUT output folder for the tables",
+                  "--order ORDER comma-separated method ids: the row order of the tables",
+                  "--reference REFERENCE method id every row is tested against (paired Wilcoxon, Holm); none: no tests"):
+        assert words in text
+    overview = " ".join(cli.build_parser("tables").format_help().split())
+    assert "tables aggregate per-case metrics into the paper's tables and figures (no retraining)" in overview
+
+
+def test_tables_command_needs_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["tables", "--results", str(tmp_path)])
+    assert exit_.value.code == 2 and "the following arguments are required: --out" in capsys.readouterr().err
+
+
+def test_tables_command_reads_several_metrics_files_and_tests_against_cmfnet_by_default(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    files = [rows_csv(tmp_path / f"{m}.csv", [row(m, name, f"c{i}", 0.5 + 0.1 * i) for i in range(3)])
+             for m, name in (("cmfnet", "CmFNet"), ("a", "A"))]
+    assert cli.main(["tables", "--metrics", *map(str, files), "--out", str(tmp_path / "t")]) == 0
+    printed = capsys.readouterr().out
+    assert "p vs CmFNet (Holm)" in printed
+    assert pd.read_csv(tmp_path / "t" / "table1.csv")["method"].tolist() == ["cmfnet", "a"]
+
+
+def test_tables_command_refuses_mixed_datasets_given_as_files_in_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    one = rows_csv(tmp_path / "m" / "1.csv", [row("a", "A", "c0", 0.5, dataset="x")])
+    other = rows_csv(tmp_path / "m" / "2.csv", [row("a", "A", "c1", 0.5, dataset="y")])
+    assert cli.main(["tables", "--metrics", str(one), str(other), "--out", str(tmp_path / "t")]) == 2
+    error = capsys.readouterr().err
+    assert error.strip().count("\n") == 0 and f"{tmp_path / 'm'}: metrics of several datasets (x, y)" in error
