@@ -53,15 +53,16 @@ def test_three_cases_in_two_folds_need_val_from_train_for_the_fold_left_with_one
 
 
 def test_grouped_validation_takes_a_tenth_of_the_patients_without_repeats() -> None:
-    """60 patients (2 frames each) in 2 folds: 30 patients outside each test part, so round(3.0) =
-    3 validation patients (6 frames), all different, for every seed."""
-    cases = [f"p{i // 2:02d}_f{i % 2}" for i in range(120)]
+    """100 patients (2 frames each) in 2 folds: 50 patients outside each test part, so 10 % is 5
+    validation patients (10 frames), all different, for every seed (a draw with replacement
+    repeats a patient within these seeds)."""
+    cases = [f"p{i // 2:03d}_f{i % 2}" for i in range(200)]
     groups = {c: c.split("_")[0] for c in cases}
-    for seed in range(20):
+    for seed in range(10):
         splits, protocol = cross_validation(cases, 2, seed, False, SOURCE, groups)
         assert protocol["grouped"] is True and protocol["folds"] == 2
         for split in splits:
-            assert len({groups[c] for c in split["val"]}) == 3 and len(split["val"]) == 6, seed
+            assert len({groups[c] for c in split["val"]}) == 5 and len(split["val"]) == 10, seed
 
 
 @pytest.mark.parametrize("cases, groups, folds, message", [
