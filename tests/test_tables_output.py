@@ -92,7 +92,7 @@ def test_secondary_metrics_table_has_its_own_header(tmp_path: Path) -> None:
 
 # -- LaTeX ----------------------------------------------------------------------------------------
 def test_latex_escapes_specials_and_names_each_class_in_the_header(tmp_path: Path) -> None:
-    name = "A&B 50% $x #1 {y}_z"
+    name = "A&B 50% $x #1 {y}_z X"
     rows = [{**row("a", name, f"c{i}", 0.5 + 0.2 * i, data="my_data"), "class": cls}
             for i in range(2) for cls in ("gross_tumour", "node")]
     write_tables([rows_csv(tmp_path / "a.csv", rows)], tmp_path / "out")
@@ -101,7 +101,7 @@ def test_latex_escapes_specials_and_names_each_class_in_the_header(tmp_path: Pat
     assert lines[3] == ("Methods & Data & gross\\_tumour DSC (\\%) & gross\\_tumour ASD (mm) & node DSC (\\%) & "
                         "node ASD (mm) & mean DSC (\\%) & mean ASD (mm) \\\\")
     assert lines[4] == "\\midrule"
-    assert lines[5].startswith("A\\&B 50\\% \\$x \\#1 \\{y\\}\\_z & my\\_data & ")
+    assert lines[5].startswith("A\\&B 50\\% \\$x \\#1 \\{y\\}\\_z X & my\\_data & ")
     assert lines[-2:] == ["\\bottomrule", "\\end{tabular}"]
 
 
@@ -245,3 +245,62 @@ def test_tables_command_refuses_mixed_datasets_given_as_files_in_one_line(
     assert cli.main(["tables", "--metrics", str(one), str(other), "--out", str(tmp_path / "t")]) == 2
     error = capsys.readouterr().err
     assert error.strip().count("\n") == 0 and f"{tmp_path / 'm'}: metrics of several datasets (x, y)" in error
+
+
+# -- survivors of the 2026-12-04 re-run ------------------------------------------------------------
+def test_two_sweep_tables_in_a_new_nested_folder_each_get_their_figure(tmp_path: Path) -> None:
+    rows = [row(f"v{v}", f"w={v}", f"{tag}_c{i}", 0.3 + 0.1 * v + 0.05 * i, table=tag)
+            for tag in ("fig6_a", "fig6_b") for v in range(2) for i in range(2)]
+    out = tmp_path / "new" / "deeper" / "tables"
+    written = write_tables([rows_csv(tmp_path / "m.csv", rows)], out)
+    assert [p.name for p in written] == ["fig6_a.csv", "fig6_a.md", "fig6_a.tex", "fig6_a.png",
+                                         "fig6_b.csv", "fig6_b.md", "fig6_b.tex", "fig6_b.png"]
+    assert all(p.is_file() for p in written) and (out.parent / "figures" / "fig6_b.png").is_file()
+
+
+def test_three_methods_tied_in_a_seed_all_rank_first(tmp_path: Path) -> None:
+    """Ranks are competition ranks ("min"): a three-way tie is 1, 1, 1, not the average 2."""
+    rows = [row(m, m.upper(), "c0", 0.5) for m in ("a", "b", "c")]
+    write_tables([rows_csv(tmp_path / "m.csv", rows)], tmp_path / "out")
+    assert pd.read_csv(tmp_path / "out" / "table1.csv", dtype=str)["rank_by_seed"].tolist() == ["1", "1", "1"]
+
+
+def test_an_empty_seed_cell_counts_as_seed_0(tmp_path: Path) -> None:
+    path = tmp_path / "m.csv"
+    rows_csv(path, [row("a", "A", f"c{i}", 0.5, seed=0) for i in range(2)])
+    path.write_text(path.read_text().replace(",0\n", ",\n"))  # the seed column, last, left empty
+    assert pd.read_csv(path)["seed"].isna().all()
+    write_tables([path], tmp_path / "out")
+    table = pd.read_csv(tmp_path / "out" / "table1.csv", dtype=str).iloc[0]
+    assert (table["seed"], table["seeds"], table["rank_by_seed"]) == ("0", "1", "1")
+
+
+def test_mixed_datasets_name_the_first_files_folder(tmp_path: Path) -> None:
+    one = rows_csv(tmp_path / "x" / "1.csv", [row("a", "A", "c0", 0.5, dataset="x")])
+    other = rows_csv(tmp_path / "y" / "2.csv", [row("a", "A", "c1", 0.5, dataset="y")])
+    with pytest.raises(InputError, match=f"^{tmp_path / 'x'}: metrics of several datasets"):
+        write_tables([one, other], tmp_path / "out")
+
+
+def test_reference_none_drops_the_tests_even_with_a_cmfnet_row(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    files = [rows_csv(tmp_path / f"{m}.csv", [row(m, name, f"c{i}", 0.5 + 0.1 * i) for i in range(3)])
+             for m, name in (("cmfnet", "CmFNet"), ("a", "A"))]
+    assert cli.main(["tables", "--metrics", *map(str, files), "--out", str(tmp_path / "t"), "--reference", "none"]) == 0
+    assert "p vs" not in capsys.readouterr().out
+    assert pd.read_csv(tmp_path / "t" / "table1.csv")["p_vs_reference"].isna().all()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--results", "R", "--metrics", "R/x.csv"], "--results: give either --results DIR or --metrics FILE ..."),
+    (["--results", "nowhere"], "nowhere: no such folder (give --results the folder that holds metrics/, e.g. "
+                               "results, or one dataset's metrics, e.g. results/metrics/smoke-npc)"),
+    (["--results", "R/empty"], "R/empty: no per-case metric CSVs found (searched **/*.csv in this folder)"),
+])
+def test_tables_command_errors_say_what_to_give(args: list[str], message: str, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "R" / "empty").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["tables", *args, "--out", "t"]) == 2
+    assert capsys.readouterr().err.strip() == f"cmfnet tables: error: {message}"
