@@ -124,8 +124,7 @@ def test_synth_splits_refuse_too_few_cases_or_folds_naming_the_option(kind: str,
     assert str(err.value) == message
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason="known bug: synth_splits lets 3 cases in 2 folds "
-                   "through to kfold_splits, whose ValueError is a traceback, not a one-line --cases error")
 def test_synth_npc_three_cases_in_two_folds_is_a_user_error() -> None:
+    """kfold_splits refuses it; synth_splits must say so as a --cases error, not a traceback."""
     with pytest.raises(InputError, match="^--cases: "):
         synth_splits("npc", ["a", "b", "c"], folds=2)

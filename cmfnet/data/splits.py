@@ -203,7 +203,10 @@ def synth_splits(kind: str, cases: list[str], folds: int = 5) -> list[dict[str, 
         if len(cases) < folds + 1:
             raise InputError("--cases", f"{folds}-fold cross-validation with validation cases needs "
                                         f"at least {folds + 1} cases, got {len(cases)}")
-        splits = kfold_splits(cases, folds=folds)
+        try:
+            splits = kfold_splits(cases, folds=folds)
+        except ValueError as err:  # e.g. 3 cases in 2 folds: a fold's training part cannot spare a validation case
+            raise InputError("--cases", str(err)) from None
     problems = check_splits(cases, splits)
     if problems:
         raise InputError("--cases", f"cannot split {counted(len(cases), 'case')}: {problems[0]}")
