@@ -86,7 +86,7 @@ def table1_methods():
 
 def all_method_ids():
     """The rows, in table order: methods, extra_methods (a user file's own), then the ablations."""
-    ids = table1_methods()
+    ids = list(table1_methods())  # a copy: += on the cached list would add the ablations to Table I
     for stem in config["ablations"]:
         ids += method_ids(METHODS_DIR / f"{stem}.yaml")
     return ids
