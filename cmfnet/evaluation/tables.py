@@ -2,7 +2,8 @@
 
 Reads every ``metrics/**/*.csv`` under a results folder (one row per method x fold x case x
 class, as ``cmfnet evaluate`` writes them) and writes, per table tag (``table1`` for the main
-comparison, ``table3``... for cards or variant files that name a table):
+comparison, ``table3``... for cards or variant files that name a table; a row tagged
+``table1;semi_10`` fills both, as FullySup does as the semi tables' upper bound):
 
 - ``<table>.csv``: one row per method with n cases, folds, and mean and std of DSC (%) and ASD (mm)
   per class (and their mean over classes when there are several);
@@ -271,7 +272,8 @@ def write_tables(files: list[Path], out: Path, order: list[str] | None = None,
     data = collect(files)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for table, part in data.groupby("table", sort=True):
+    placed = data.assign(table=data["table"].str.split(";")).explode("table")  # a row may fill several
+    for table, part in placed.groupby("table", sort=True):
         summary = summarise(part, order, reference)
         csv_path, md_path, tex_path = (out / f"{table}.{ext}" for ext in ("csv", "md", "tex"))
         with atomic_path(csv_path) as tmp:
@@ -286,7 +288,7 @@ def write_tables(files: list[Path], out: Path, order: list[str] | None = None,
             figure.parent.mkdir(parents=True, exist_ok=True)
             plot_sweep(summary, figure, str(table))
             written.append(figure)
-    write_json({"tables": sorted(str(t) for t in data["table"].unique()),
+    write_json({"tables": sorted(str(t) for t in placed["table"].unique()),
                 "rows": int(len(data)), "methods": sorted(data["method"].unique().tolist())},
                out / "provenance.json")
     return written

@@ -17,16 +17,29 @@ from cmfnet.provenance import (digest, network_overrides, plugin_sources, row_ha
                                workdir_relative)
 
 
+def _number(value: object, kind: type) -> object:
+    """A number given as a string on the command line, as `kind`; anything else as it is (the
+    schema then names what is wrong)."""
+    try:
+        return kind(value) if isinstance(value, str) else value
+    except ValueError:
+        return value
+
+
 def check_config(schema_file):
     """Refuse a bad config in one line that names the key (Snakemake's validate prints the whole
     schema); validate() below then fills in the defaults."""
     schema = yaml.safe_load(Path(schema_file).read_text())
-    for key in ("folds", "seeds"):  # --config folds=[0,1] gives strings
-        if isinstance(config.get(key), list):
-            config[key] = [int(v) if isinstance(v, str) and v.isdigit() else v for v in config[key]]
+    for key, kind in (("folds", int), ("seeds", int), ("labelled_fractions", float)):
+        if isinstance(config.get(key), list):  # --config folds=[0,1] gives strings
+            config[key] = [_number(v, kind) for v in config[key]]
     if isinstance(config.get("train"), dict) and "seed" in config["train"]:
         raise InputError("config.train.seed", "the training seeds are the top-level list `seeds:` "
                                               "(e.g. seeds: [0, 1, 2]); every seed trains every method and fold")
+    if isinstance(config.get("train"), dict) and "labelled_fraction" in config["train"]:
+        raise InputError("config.train.labelled_fraction", "the labelled fractions are the top-level list "
+                                                           "`labelled_fractions:` (e.g. [0.1, 0.2]); every "
+                                                           "semi-supervised row trains once per fraction")
     error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))
     if error is None:
         return
@@ -53,10 +66,36 @@ wildcard_constraints:
 #: every method x fold trains once per seed; tables average a case over its seeds
 SEEDS = config["seeds"]
 
+#: a semi-supervised row's id: its card's id, this mark and its labelled fraction
+#: (semi_meanteacher+frac0.1), so the rows, models and metrics of two fractions never share a path
+FRACTION_MARK = "+frac"
 
-def train_block(seed):
-    """The preset's train: block for one training seed (the seed is part of the model's settings)."""
-    return {**config["train"], "seed": int(seed)}
+
+def semi_row(card_id: str, fraction: float) -> str:
+    return f"{card_id}{FRACTION_MARK}{fraction:g}"
+
+
+def split_row(method: str) -> tuple[str, float | None]:
+    """(card id, labelled fraction) of a row id; the fraction is None outside the semi rows."""
+    card_id, mark, fraction = method.partition(FRACTION_MARK)
+    return card_id, (float(fraction) if mark else None)
+
+
+def percent(fraction: float) -> str:
+    """0.1 -> "10": how a fraction is named in tables (semi_10) and in the Data column."""
+    return f"{100 * fraction:g}"
+
+
+def row_train(method: str) -> dict:
+    """The preset's train: block as a row trains with it: a semi row adds its labelled fraction
+    (every other row gets the block unchanged, so its models keep their settings and paths)."""
+    fraction = split_row(method)[1]
+    return config["train"] if fraction is None else {**config["train"], "labelled_fraction": fraction}
+
+
+def train_block(method: str, seed: int | str) -> dict:
+    """The train: block of one row and training seed (the seed is part of the model's settings)."""
+    return {**row_train(method), "seed": int(seed)}
 
 
 def dataset_dir():
@@ -78,31 +117,45 @@ def import_args():
     return " ".join([spec["importer"], *(str(a) for a in spec.get("args", []))])
 
 
+def with_fractions(card_ids: list[str]) -> list[str]:
+    """The rows of these card ids: a semi-supervised card gives one row per labelled fraction."""
+    rows = []
+    for card_id in card_ids:
+        if card_of(card_id).supervision == "semi":
+            rows += [semi_row(card_id, fraction) for fraction in config["labelled_fractions"]]
+        else:
+            rows.append(card_id)
+    return rows
+
+
 @cache
 def table1_methods():
     """The configured rows without the ablations: methods, then extra_methods (a user file's own)."""
-    return list(dict.fromkeys(config["methods"] + config["extra_methods"]))
+    return with_fractions(dict.fromkeys(config["methods"] + config["extra_methods"]))
 
 
 def all_method_ids():
     """The rows, in table order: methods, extra_methods (a user file's own), then the ablations."""
     ids = list(table1_methods())  # a copy: += on the cached list would add the ablations to Table I
     for stem in config["ablations"]:
-        ids += method_ids(METHODS_DIR / f"{stem}.yaml")
+        ids += with_fractions(method_ids(METHODS_DIR / f"{stem}.yaml"))
     return ids
 
 
 @cache
 def card_of(method):
-    path, variant, head = card_path_for_id(METHODS_DIR, method)
+    path, variant, head = card_path_for_id(METHODS_DIR, split_row(method)[0])
     return load_card(path, NETWORK_OVERRIDES, variant=variant, head=head)
 
 
 @cache
 def model_id(method):
     """The model folder a row reads: heads of a variant share one, and a variant whose settings
-    equal its base card's reads the base card's model (identical settings never train twice)."""
-    return trained_as(METHODS_DIR, method, config["train"], PROTOCOL, NETWORK_OVERRIDES)
+    equal its base card's reads the base card's model (identical settings never train twice); a
+    semi row's folder keeps its fraction mark."""
+    card_id, fraction = split_row(method)
+    model = trained_as(METHODS_DIR, card_id, row_train(method), PROTOCOL, NETWORK_OVERRIDES)
+    return model if fraction is None else semi_row(model, fraction)
 
 
 def model_of(wildcards):
@@ -112,7 +165,7 @@ def model_of(wildcards):
 
 def predict_overrides(wildcards):
     """--set arguments that select a head of the trained model (empty for ordinary rows)."""
-    path, _, head = card_path_for_id(METHODS_DIR, wildcards.method)
+    path, _, head = card_path_for_id(METHODS_DIR, split_row(wildcards.method)[0])
     if head is None:
         return ""
     return " ".join(f"--set '{key}={value}'" for key, value in head_overrides(path)[head][1].items())
@@ -154,7 +207,9 @@ def scribble_flag(variant):
 
 
 def train_inputs(wildcards):
-    """The data, and the plugin's own code: editing baselines/<m>.py retrains method m only."""
+    """The data, and the plugin's own code: editing baselines/<m>.py retrains method m only.
+    Mask and semi rows read the dataset's dense labels (a semi row those of its labelled cases
+    only, chosen by the engine), so only scribble rows wait for scribbles."""
     card = card_of(wildcards.method)
     inputs = {"dataset": f"{dataset_dir()}/dataset.json",
               "plugin": [workdir_relative(file) for file in plugin_sources(card)]}
@@ -170,22 +225,23 @@ def card_args(wildcards):
 
 
 def train_config_json(wildcards):
-    return json.dumps(train_block(wildcards.seed), sort_keys=True)
+    return json.dumps(train_block(wildcards.method, wildcards.seed), sort_keys=True)
 
 
 def training_hash(wildcards):
     """The resolved card (base card included), training block and protocol version, as a hash:
     a param of train, so a change to any of them retrains, and a comment in a card does not."""
-    return digest(training_settings(card_of(wildcards.method), train_block(wildcards.seed), PROTOCOL))
+    return digest(training_settings(card_of(wildcards.method), train_block(wildcards.method, wildcards.seed),
+                                    PROTOCOL))
 
 
 def evaluate_tags(wildcards):
     card = card_of(wildcards.method)
-    train = train_block(wildcards.seed)
+    train = train_block(wildcards.method, wildcards.seed)
     provenance = row_hash(card, train, PROTOCOL, dataset=config["dataset"], fold=wildcards.fold,
                           scribble_seed=config["scribbles"]["seed"], predict=config["predict"])
     tags = {"dataset": DATASET, "method": wildcards.method, "method_name": card.name,
-            "table": table_of(wildcards.method), "data": "masks" if card.supervision == "mask" else "scribbles",
+            "table": ";".join(tables_of(wildcards.method)), "data": data_of(wildcards.method),
             "fold": wildcards.fold, "seed": resolve_train_config(card, train).seed,
             "config": provenance}
     return " ".join(f"--tag '{k}={v}'" for k, v in tags.items())
@@ -204,13 +260,31 @@ def metrics_files(wildcards=None, methods=None):
                   method=methods or all_method_ids(), seed=SEEDS, fold=folds())
 
 
-def table_of(method):
-    return card_of(method).table or "table1"
+def data_of(method: str) -> str:
+    """What a row learns from, for the tables' Data column."""
+    fraction = split_row(method)[1]
+    if fraction is not None:
+        return f"{percent(fraction)} % labelled"
+    return "masks" if card_of(method).supervision == "mask" else "scribbles"
+
+
+def tables_of(method: str) -> list[str]:
+    """The tables a row fills: its card's (table1 by default); a semi row its fraction's,
+    semi_<percent> (<card table>_<percent> for a card that names one); and a Table I row trained
+    on masks also every semi table of Table I's semi rows, as their fully supervised upper bound."""
+    card = card_of(method)
+    fraction = split_row(method)[1]
+    if fraction is not None:
+        return [f"{card.table or 'semi'}_{percent(fraction)}"]
+    if card.table is None and card.supervision == "mask" and method in table1_methods():
+        semi = dict.fromkeys(tables_of(m)[0] for m in table1_methods() if split_row(m)[1] is not None)
+        return ["table1", *semi]
+    return [card.table or "table1"]
 
 
 def table_names():
     """Every table the configured rows fill (table1, and each table a card or variant file names)."""
-    return sorted({table_of(m) for m in all_method_ids()})
+    return sorted({table for m in all_method_ids() for table in tables_of(m)})
 
 
 def table_outputs():
