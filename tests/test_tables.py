@@ -38,6 +38,21 @@ def test_table_is_mean_and_std_over_cases_in_the_given_order(tmp_path: Path) -> 
     assert "70.00 ± 20.00" in (tmp_path / "out" / "table1.md").read_text()
 
 
+def test_a_row_tagged_with_several_tables_fills_each_of_them(tmp_path: Path) -> None:
+    """FullySup's rows in the semi-supervised track say table1;semi_10;semi_20 (the upper bound of
+    each fraction's table): one metrics file, three tables."""
+    both = "table1;semi_10;semi_20"
+    files = [metrics_csv(tmp_path / "m" / "full.csv", "fullysup", "FullySup", [0.8, 0.9], table=both),
+             metrics_csv(tmp_path / "m" / "s10.csv", "sup+frac0.1", "SupOnly", [0.3, 0.5], table="semi_10"),
+             metrics_csv(tmp_path / "m" / "s20.csv", "sup+frac0.2", "SupOnly", [0.5, 0.6], table="semi_20")]
+    write_tables(files, tmp_path / "out")
+    tables = {name: pd.read_csv(tmp_path / "out" / f"{name}.csv") for name in ("table1", "semi_10", "semi_20")}
+    assert tables["table1"]["method"].tolist() == ["fullysup"]
+    assert tables["semi_10"]["method"].tolist() == ["fullysup", "sup+frac0.1"]
+    assert tables["semi_20"]["method"].tolist() == ["fullysup", "sup+frac0.2"]
+    assert tables["semi_20"].set_index("method").loc["fullysup", "dsc_mean"] == pytest.approx(85.0)
+
+
 def test_seeds_are_averaged_per_case_and_their_spread_and_ranks_are_reported(tmp_path: Path) -> None:
     """Two seeds: a case's DSC is its mean over seeds before the spread over cases; the seed spread
     is the std of the per-seed means; ranks are per seed (A wins seed 0, B wins seed 1)."""
