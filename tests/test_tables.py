@@ -43,13 +43,13 @@ def test_a_row_tagged_with_several_tables_fills_each_of_them(tmp_path: Path) -> 
     each fraction's table): one metrics file, three tables."""
     both = "table1;semi_10;semi_20"
     files = [metrics_csv(tmp_path / "m" / "full.csv", "fullysup", "FullySup", [0.8, 0.9], table=both),
-             metrics_csv(tmp_path / "m" / "s10.csv", "sup+frac0.1", "SupOnly", [0.3, 0.5], table="semi_10"),
-             metrics_csv(tmp_path / "m" / "s20.csv", "sup+frac0.2", "SupOnly", [0.5, 0.6], table="semi_20")]
+             metrics_csv(tmp_path / "m" / "s10.csv", "sup+0.1", "SupOnly", [0.3, 0.5], table="semi_10"),
+             metrics_csv(tmp_path / "m" / "s20.csv", "sup+0.2", "SupOnly", [0.5, 0.6], table="semi_20")]
     write_tables(files, tmp_path / "out")
     tables = {name: pd.read_csv(tmp_path / "out" / f"{name}.csv") for name in ("table1", "semi_10", "semi_20")}
     assert tables["table1"]["method"].tolist() == ["fullysup"]
-    assert tables["semi_10"]["method"].tolist() == ["fullysup", "sup+frac0.1"]
-    assert tables["semi_20"]["method"].tolist() == ["fullysup", "sup+frac0.2"]
+    assert tables["semi_10"]["method"].tolist() == ["fullysup", "sup+0.1"]
+    assert tables["semi_20"]["method"].tolist() == ["fullysup", "sup+0.2"]
     assert tables["semi_20"].set_index("method").loc["fullysup", "dsc_mean"] == pytest.approx(85.0)
 
 

@@ -66,9 +66,10 @@ wildcard_constraints:
 #: every method x fold trains once per seed; tables average a case over its seeds
 SEEDS = config["seeds"]
 
-#: a semi-supervised row's id: its card's id, this mark and its labelled fraction
-#: (semi_meanteacher+frac0.1), so the rows, models and metrics of two fractions never share a path
-FRACTION_MARK = "+frac"
+#: a semi-supervised row's id is its card's id, this mark and its labelled fraction
+#: (semi_meanteacher+0.1), so the rows, models and metrics of two fractions never share a path;
+#: the schema's pattern for method ids keeps "+" out of card ids
+FRACTION_MARK = "+"
 
 
 def semi_row(card_id: str, fraction: float) -> str:
