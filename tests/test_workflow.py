@@ -10,6 +10,7 @@ marked done with `--touch`.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -351,3 +352,72 @@ def test_a_baseline_trains_from_its_module_and_the_baseline_helpers_it_imports()
     assert sources("em.yaml") == ["baselines/em.py", "baselines/regularizers.py"]
     assert sources("pce.yaml") == ["baselines/pce.py"]
     assert sources("cmfnet.yaml") == ["baselines/cmfnet.py"]  # the rest of cmfnet/ is the shared protocol
+
+
+# -- issue 13: the semi-supervised rows, one per labelled fraction, and a table per fraction --------
+
+#: config/semi.yaml's semi rows -> their fraction in percent
+SEMI_ROWS = {f"{card}+{fraction}": percent for card in ("semi_suponly", "semi_meanteacher")
+             for fraction, percent in ((0.1, "10"), (0.2, "20"))}
+TAGS = re.compile(r"--tag 'method=([^']*)' --tag 'method_name=[^']*' --tag 'table=([^']*)' "
+                  r"--tag 'data=([^']*)' --tag 'fold=(\d+)' --tag 'seed=(\d+)' --tag 'config=(\w+)'")
+
+
+def test_the_semi_preset_trains_each_semi_row_once_per_fraction_and_fills_a_table_per_fraction(
+        tmp_path: Path) -> None:
+    work = repo_copy(tmp_path / "repo")
+    text = dry_run(work, "--configfile", "config/semi.yaml")
+    jobs = jobs_of(text)
+    assert trained(jobs) == {"fullysup", *SEMI_ROWS}
+    assert len(jobs["train"]) == 5 * 2 * 2  # rows x seeds x folds of config/config.yaml
+    blocks = re.findall(r"--out results/models/synth-npc-semi/([^/]+)/seed\d+/fold\d+ "
+                        r"--train-config '([^']*)'", text)
+    assert len(blocks) == 20
+    for row, block in blocks:
+        train = json.loads(block)
+        assert train.get("labelled_fraction") == (float(row.partition("+")[2]) if row in SEMI_ROWS else None)
+        assert (train["batch_size"], train["labelled_batch_size"]) == (4, 2)
+    tables = {f"results/tables/{name}.{ext}" for name in ("semi_10", "semi_20", "table1")
+              for ext in ("csv", "md", "tex")}
+    assert tables <= set(jobs["tables"][0])
+    tags = {(method, table, data) for method, table, data, *_ in TAGS.findall(text)}
+    assert tags == {("fullysup", "table1;semi_10;semi_20", "masks"),
+                    *((row, f"semi_{percent}", f"{percent} % labelled") for row, percent in SEMI_ROWS.items())}
+    assert "results/data/synth-npc-semi/scribblesTr" not in text  # no row here learns from scribbles
+
+
+def test_the_default_presets_jobs_keep_the_committed_results_valid(tmp_path: Path) -> None:
+    """The semi regime leaves every other row as it was: the default preset plans the models of the
+    committed set results/reference/default, and its metrics rows would carry the same method,
+    table, data, fold, seed and provenance hash (which holds the training settings), so none of the
+    committed results is out of date. After a change that does invalidate them (a protocol bump),
+    rerun the default preset and freeze a new set."""
+    work = repo_copy(tmp_path / "repo")
+    text = dry_run(work)
+    reference = REPO / "results" / "reference" / "default"
+    assert trained(jobs_of(text)) == {path.name for path in (reference / "logs").iterdir()}
+    committed = set()
+    for path in (reference / "metrics").rglob("*.csv"):
+        with path.open() as file:
+            row = next(csv.DictReader(file))
+        committed.add(tuple(row[key] for key in ("method", "table", "data", "fold", "seed", "config")))
+    assert set(TAGS.findall(text)) == committed
+    assert "labelled_fraction" not in text
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ("train: {labelled_fraction: 0.1}", "config.train.labelled_fraction: the labelled fractions are the top-level"),
+    ("labelled_fractions: [0.1, 1.0]", "config.labelled_fractions[1]: 1.0 is greater than or equal to the maximum")])
+def test_labelled_fractions_are_one_top_level_list_of_fractions(tmp_path: Path, setting: str, message: str) -> None:
+    work = repo_copy(tmp_path / "repo")
+    (work / "config" / "fractions.yaml").write_text(setting + "\n")
+    result = snakemake(work, "-n", "--cores", "1", "--configfile", "config/semi.yaml", "config/fractions.yaml")
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
+
+
+def test_labelled_fractions_given_on_the_command_line_are_numbers(tmp_path: Path) -> None:
+    work = repo_copy(tmp_path / "repo")
+    jobs = planned(work, "--configfile", "config/semi.yaml", "--config", "labelled_fractions=[0.3]",
+                   "--until", "train")
+    assert trained(jobs) == {"fullysup", "semi_suponly+0.3", "semi_meanteacher+0.3"}
