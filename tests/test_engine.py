@@ -342,8 +342,9 @@ def test_workflow_schema_knows_every_train_option() -> None:
                              / "config.schema.yaml").read_text())
     train = schema["properties"]["train"]
     assert train["additionalProperties"] is False
-    # the seed comes from the top-level `seeds:` list, one training per seed
-    assert set(train["properties"]) == {f.name for f in dataclasses.fields(TrainConfig)} - {"seed"}
+    # the seed and the labelled fraction come from the top-level lists `seeds:` and
+    # `labelled_fractions:`, one training per entry
+    assert set(train["properties"]) == {f.name for f in dataclasses.fields(TrainConfig)} - {"seed", "labelled_fraction"}
     assert schema["properties"]["seeds"]["default"] == [0]
 
 
