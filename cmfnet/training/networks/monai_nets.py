@@ -50,8 +50,23 @@ def level_widths(width: int, downsamplings: int, cap: int | None = None) -> list
     return widths if cap is None else [min(w, cap) for w in widths]
 
 
+class _StridedMonaiNet(nn.Module):
+    """A MONAI network ``self.net`` that downsamples ``self.downsamplings`` times by 2: inputs
+    must be multiples of 2**downsamplings, and its output is the logits as they are."""
+
+    downsamplings: int
+    net: nn.Module
+
+    @property
+    def size_divisor(self) -> int:
+        return 2 ** self.downsamplings
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
 @register("monai_unet")
-class MonaiUNet(nn.Module):
+class MonaiUNet(_StridedMonaiNet):
     """MONAI's ``UNet`` with residual units: Table III's ResUNet (Zhang et al. 2018).
 
     Stride-2 convolutions down, transposed convolutions up, ``num_res_units`` residual units per
@@ -66,16 +81,9 @@ class MonaiUNet(nn.Module):
                                      channels=level_widths(width, downsamplings), strides=[2] * downsamplings,
                                      num_res_units=num_res_units, dropout=dropout)
 
-    @property
-    def size_divisor(self) -> int:
-        return 2 ** self.downsamplings
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
 
 @register("segresnet")
-class SegResNet(nn.Module):
+class SegResNet(_StridedMonaiNet):
     """MONAI's ``SegResNet`` (Myronenko 2018): residual encoder, light decoder, group normalisation.
 
     ``blocks_down`` gives the residual blocks per encoder level (one level per entry, so
@@ -96,16 +104,9 @@ class SegResNet(nn.Module):
             dropout_prob=dropout or None, norm=("GROUP", {"num_groups": math.gcd(8, width)}),
             blocks_down=tuple(blocks_down), blocks_up=tuple(blocks_up))
 
-    @property
-    def size_divisor(self) -> int:
-        return 2 ** self.downsamplings
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
 
 @register("dynunet")
-class DynUNet(nn.Module):
+class DynUNet(_StridedMonaiNet):
     """MONAI's ``DynUNet``, the nnU-Net-style U-Net: two 3x3x3 conv blocks per level, strided
     convolutions down, instance normalisation, leaky ReLU, widths capped at 320 as nnU-Net does.
 
@@ -123,13 +124,6 @@ class DynUNet(nn.Module):
             strides=strides, upsample_kernel_size=strides[1:],
             filters=level_widths(width, downsamplings, NNUNET_MAX_WIDTH), dropout=dropout or None,
             res_block=res_block)
-
-    @property
-    def size_divisor(self) -> int:
-        return 2 ** self.downsamplings
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
 
 
 @register("unetplusplus")
