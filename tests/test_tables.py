@@ -186,19 +186,3 @@ def test_tables_command_reads_results_metrics_and_prints_table1(tmp_path: Path,
     assert table["name"].tolist() == ["B", "A"]
     assert table["p_vs_reference"].isna().all()
     assert f"wrote {tmp_path / 't' / 'table1.tex'}" in printed and "60.00 ± 14.14" in printed
-
-
-@pytest.mark.parametrize("args, words", [
-    (["--results", "R", "--metrics", "R/x.csv"], "either --results DIR or --metrics"),
-    (["--results", "nowhere"], "nowhere: no such folder"),
-    (["--results", "R/empty"], "no per-case metric CSVs"),
-])
-def test_tables_command_refuses_bad_inputs_in_one_line(args: list[str], words: str, tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
-    (tmp_path / "R" / "empty").mkdir(parents=True)
-    monkeypatch.chdir(tmp_path)
-    assert cli.main(["tables", *args, "--out", "t"]) == 2
-    error = capsys.readouterr().err.strip()
-    assert words in error and "\n" not in error
-    assert not (tmp_path / "t").exists()

@@ -304,3 +304,4 @@ def test_tables_command_errors_say_what_to_give(args: list[str], message: str, t
     monkeypatch.chdir(tmp_path)
     assert cli.main(["tables", *args, "--out", "t"]) == 2
     assert capsys.readouterr().err.strip() == f"cmfnet tables: error: {message}"
+    assert not (tmp_path / "t").exists()  # nothing half-written
