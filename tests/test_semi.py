@@ -22,7 +22,7 @@ from cmfnet.training.engine import Trainer
 from cmfnet.training.sampling import SemiPatchSampler, TrainVolume
 
 REPO = Path(__file__).resolve().parents[1]
-CARDS = ["semi_suponly", "semi_meanteacher"]
+CARDS = ["semi_suponly", "semi_meanteacher", "semi_smms"]
 # the tiny fixture's fold 0 trains on 4 cases: half of them labelled, batches of 2 + 2
 SEMI = {"iterations": 3, "batch_size": 4, "patch_size": [16, 32, 32], "val_interval": 0,
         "checkpoint_interval": 100, "log_interval": 1, "labelled_fraction": 0.5}

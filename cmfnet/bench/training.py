@@ -22,13 +22,16 @@ from cmfnet.bench.common import REPO, in_fresh_process, size_text
 from cmfnet.errors import InputError
 
 # train block and network overrides of each setting: the smoke preset, the default preset
-# (config/config.yaml: width 8, no dropout) and the paper's (the cards' own width 16, dropout 0.5)
+# (config/config.yaml: width 8, no dropout), the semi-supervised preset (config/semi.yaml: the
+# default's network, batch 4 = 2 labelled + 2 unlabelled patches) and the paper's (the cards' own
+# width 16, dropout 0.5)
 SETTINGS = {
     "smoke": {"batch_size": 1, "patch_size": [16, 32, 32]},
     "default": {"batch_size": 2, "patch_size": [16, 32, 32]},
+    "semi": {"batch_size": 4, "patch_size": [16, 32, 32], "labelled_fraction": 0.25},
     "paper": {"batch_size": 16, "patch_size": [16, 96, 96]},
 }
-NETWORK = {"default": ["network.width=8", "network.dropout=0.0"]}
+NETWORK = {"default": ["network.width=8", "network.dropout=0.0"], "semi": ["network.width=8", "network.dropout=0.0"]}
 TABLE1 = ("fullysup", "pce", "dmsps", "em", "tv", "ms", "ustm", "s2l", "cmfnet_autobg", "cmfnet")
 DEFAULT_SETTINGS = ("smoke", "paper")
 

@@ -24,6 +24,21 @@ def partial_ce(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = I
     return total / n
 
 
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE,
+                   smooth: float = 1e-5) -> torch.Tensor:
+    """1 - soft Dice of softmax(logits) against ``target``, over the batch, averaged over the
+    foreground classes (the form of the SSL4MIS references); voxels marked ``ignore_index`` count
+    for neither side."""
+    probs = torch.softmax(logits.float(), dim=1)
+    labelled = (target != ignore_index).unsqueeze(1)
+    onehot = F.one_hot(torch.where(labelled[:, 0], target.long(), 0), logits.shape[1]).movedim(-1, 1)
+    probs, onehot = probs * labelled, onehot * labelled
+    dims = (0, *range(2, logits.ndim))
+    overlap = (probs * onehot).sum(dims)[1:]
+    size = probs.sum(dims)[1:] + onehot.sum(dims)[1:]
+    return 1.0 - ((2 * overlap + smooth) / (size + smooth)).mean()
+
+
 def sigmoid_rampup(iteration: float, length: float) -> float:
     """exp(-5 (1 - t/L)^2), the ramp every HiLab reference uses; 1 once ``iteration >= length``."""
     if length <= 0:
