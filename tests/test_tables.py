@@ -53,6 +53,14 @@ def test_a_row_tagged_with_several_tables_fills_each_of_them(tmp_path: Path) -> 
     assert tables["semi_20"].set_index("method").loc["fullysup", "dsc_mean"] == pytest.approx(85.0)
 
 
+@pytest.mark.filterwarnings("error")
+def test_metrics_with_an_empty_table_column_fill_table1(tmp_path: Path) -> None:
+    """Metrics written before rows named their table (an empty column, read as float) go to Table I."""
+    path = metrics_csv(tmp_path / "m" / "a.csv", "a", "A", [0.5, 0.7], table="")
+    write_tables([path], tmp_path / "out")
+    assert pd.read_csv(tmp_path / "out" / "table1.csv")["method"].tolist() == ["a"]
+
+
 def test_seeds_are_averaged_per_case_and_their_spread_and_ranks_are_reported(tmp_path: Path) -> None:
     """Two seeds: a case's DSC is its mean over seeds before the spread over cases; the seed spread
     is the std of the per-seed means; ranks are per seed (A wins seed 0, B wins seed 1)."""

@@ -53,7 +53,8 @@ def collect(files: list[Path]) -> pd.DataFrame:
                                           f"e.g. --results results/metrics/{names[0]}")
     if "table" not in data.columns:
         data["table"] = "table1"
-    data["table"] = data["table"].fillna("table1")
+    # an all-empty column reads as float: fill it as text, not as a float column given a string
+    data["table"] = data["table"].astype(object).where(data["table"].notna(), "table1")
     if "seed" not in data.columns:
         data["seed"] = 0
     duplicated = data.duplicated(["method", "seed", "fold", "case", "class"])
