@@ -53,6 +53,20 @@ def test_a_row_tagged_with_several_tables_fills_each_of_them(tmp_path: Path) -> 
     assert tables["semi_20"].set_index("method").loc["fullysup", "dsc_mean"] == pytest.approx(85.0)
 
 
+def test_a_card_as_reference_names_its_row_at_each_semi_tables_fraction(tmp_path: Path) -> None:
+    """--reference semi_smms tests semi_10's rows against semi_smms+0.1 and semi_20's against +0.2."""
+    files = [metrics_csv(tmp_path / "m" / "full.csv", "fullysup", "FullySup", [0.9] * 6, table="semi_10;semi_20"),
+             metrics_csv(tmp_path / "m" / "s10.csv", "semi_smms+0.1", "SMMS", [0.1, 0.2, 0.3, 0.4, 0.5, 0.6],
+                         table="semi_10"),
+             metrics_csv(tmp_path / "m" / "s20.csv", "semi_smms+0.2", "SMMS", [0.9] * 6, table="semi_20")]
+    write_tables(files, tmp_path / "out", reference="semi_smms")
+    ten = pd.read_csv(tmp_path / "out" / "semi_10.csv").set_index("method")
+    twenty = pd.read_csv(tmp_path / "out" / "semi_20.csv").set_index("method")
+    assert ten["reference"].iloc[0] == "semi_smms+0.1" and twenty["reference"].iloc[0] == "semi_smms+0.2"
+    assert ten.loc["fullysup", "p_vs_reference"] < 0.05  # 0.9 above every one of six paired cases
+    assert twenty.loc["fullysup", "p_vs_reference"] == 1.0  # paired with +0.2, which never differs
+
+
 @pytest.mark.filterwarnings("error")
 def test_metrics_with_an_empty_table_column_fill_table1(tmp_path: Path) -> None:
     """Metrics written before rows named their table (an empty column, read as float) go to Table I."""

@@ -17,6 +17,7 @@ Nothing is retrained: editing this module or re-running ``cmfnet tables`` only r
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterable
 from pathlib import Path
 
 import matplotlib
@@ -268,6 +269,16 @@ def chosen_metric_files(results: Path | None, metrics: list[Path] | None) -> lis
     return metrics or metric_files(results)
 
 
+def table_reference(reference: str | None, methods: Iterable[str]) -> str | None:
+    """The row a table's paired tests compare with: the row ``reference``, or else the one row of
+    that card in this table (a semi table holds ``<card>+<fraction>`` rows of a single fraction)."""
+    methods = list(methods)
+    if reference is None or reference in methods:
+        return reference
+    of_card = [m for m in methods if m.split("+")[0] == reference]
+    return of_card[0] if len(of_card) == 1 else reference
+
+
 def write_tables(files: list[Path], out: Path, order: list[str] | None = None,
                  reference: str | None = "cmfnet") -> list[Path]:
     data = collect(files)
@@ -275,7 +286,7 @@ def write_tables(files: list[Path], out: Path, order: list[str] | None = None,
     written = []
     placed = data.assign(table=data["table"].str.split(";")).explode("table")  # a row may fill several
     for table, part in placed.groupby("table", sort=True):
-        summary = summarise(part, order, reference)
+        summary = summarise(part, order, table_reference(reference, part["method"].unique()))
         csv_path, md_path, tex_path = (out / f"{table}.{ext}" for ext in ("csv", "md", "tex"))
         with atomic_path(csv_path) as tmp:
             summary.to_csv(tmp, index=False, float_format="%.4f")
@@ -317,5 +328,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output folder for the tables")
     parser.add_argument("--order", help="comma-separated method ids: the row order of the tables")
     parser.add_argument("--reference", default="cmfnet",
-                        help="method id every row is tested against (paired Wilcoxon, Holm); none: no tests")
+                        help="method id every row is tested against (paired Wilcoxon, Holm); in a semi table, a card id "
+                             "names its row at the table's fraction; none: no tests")
     parser.set_defaults(func=run)

@@ -35,6 +35,7 @@ rule tables:
         "logs/tables.log",
     params:
         order=",".join(all_method_ids()),
+        reference=lambda wildcards: config["reference"],
     threads: 1
     resources:
         mem_mb=2000,
@@ -42,7 +43,8 @@ rule tables:
     conda:
         "../envs/cmfnet.yaml"
     shell:
-        "cmfnet tables --metrics {input.metrics} --out results/tables --order {params.order} > {log} 2>&1"
+        "cmfnet tables --metrics {input.metrics} --out results/tables --order {params.order} "
+        "--reference {params.reference} > {log} 2>&1"
 
 
 # Learning curves and the convergence verdict (docs/protocol.md) from every model's train_log.csv,
