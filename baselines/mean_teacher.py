@@ -37,15 +37,23 @@ class MeanTeacher(Method):
         super().__init__(card)
         check_schedule(card, "consistency_rampup", self.params["consistency_rampup"])
 
+    def teacher_target(self, teacher: nn.Module, image: torch.Tensor,
+                       step: StepInfo) -> tuple[torch.Tensor, torch.Tensor]:
+        """The teacher's softmax of the noisy patch (no gradient) and the voxels the consistency
+        counts (B, 1, ...): all of them. UA-MT (``baselines/ua_mt.py``) masks the uncertain ones."""
+        del step
+        probs, _ = teacher_statistics(teacher, image, 0, 1, float(self.params["noise_std"]),
+                                      float(self.params["noise_clip"]))
+        return probs, torch.ones_like(probs[:, :1])
+
     def loss(self, model: nn.Module, batch: Batch, step: StepInfo) -> tuple[torch.Tensor, dict[str, float]]:
         if step.teacher is None:
             raise RuntimeError("Mean Teacher needs the engine's EMA teacher (teacher_decay is set), got none")
         logits = self.logits(model, batch.image)
         labelled = batch.labelled
         supervised = partial_ce(logits[labelled], batch.target[labelled])
-        teacher_probs, _ = teacher_statistics(step.teacher, batch.image, 0, 1, float(self.params["noise_std"]),
-                                              float(self.params["noise_clip"]))
-        consistency = masked_consistency(logits, 0, teacher_probs, torch.ones_like(teacher_probs[:, :1]))
+        teacher_probs, mask = self.teacher_target(step.teacher, batch.image, step)
+        consistency = masked_consistency(logits, 0, teacher_probs, mask)
         weight = ramp_weight(self.params["consistency"], step.iteration, self.params["consistency_rampup"],
                              step.max_iterations)
         total = supervised + weight * consistency

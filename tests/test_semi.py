@@ -3,7 +3,9 @@ unlabelled case ever read by training."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import math
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +24,7 @@ from cmfnet.training.engine import Trainer
 from cmfnet.training.sampling import SemiPatchSampler, TrainVolume
 
 REPO = Path(__file__).resolve().parents[1]
-CARDS = ["semi_suponly", "semi_meanteacher", "semi_smms"]
+CARDS = ["semi_suponly", "semi_meanteacher", "semi_uamt", "semi_smms"]
 # the tiny fixture's fold 0 trains on 4 cases: half of them labelled, batches of 2 + 2
 SEMI = {"iterations": 3, "batch_size": 4, "patch_size": [16, 32, 32], "val_interval": 0,
         "checkpoint_interval": 100, "log_interval": 1, "labelled_fraction": 0.5}
@@ -162,3 +164,51 @@ def test_mean_teacher_consistency_vanishes_when_teacher_and_student_agree() -> N
     with torch.no_grad():
         expected = torch.nn.functional.cross_entropy(model(image[:1]), target[:1])
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+# -- the peers: UA-MT ----------------------------------------------------------------
+
+
+def test_ua_mt_masks_uncertain_voxels_and_is_mean_teacher_when_nothing_is_uncertain(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Threshold 0: no voxel counts, the consistency is 0. A threshold above ln K (the largest
+    entropy): every voxel counts, and the consistency is Mean Teacher's for the same noise."""
+    from baselines import ua_mt
+    from baselines.mean_teacher import MeanTeacher
+
+    torch.manual_seed(0)
+    uamt = ua_mt.UncertaintyAwareMeanTeacher(semi_card("semi_uamt"))
+    model = uamt.build_network(2, 2).eval()
+    teacher = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in teacher.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    target = torch.zeros(2, 16, 16, 16, dtype=torch.long)
+    target[1] = IGNORE
+    batch = Batch(torch.randn(2, 2, 16, 16, 16), target, ["a", "u"], [], [], torch.tensor([True, False]))
+
+    def parts(method: MeanTeacher) -> dict[str, float]:
+        torch.manual_seed(1)  # the same teacher input noise for both methods
+        return method.loss(model, batch, StepInfo(5, 10, teacher=teacher))[1]
+
+    monkeypatch.setattr(ua_mt, "uncertainty_threshold", lambda iteration, length, k: 0.0)
+    none = parts(uamt)
+    assert none["consistency"] == 0.0 and none["mask_fraction"] == 0.0
+    monkeypatch.setattr(ua_mt, "uncertainty_threshold", lambda iteration, length, k: math.log(k) + 1e-3)
+    every, mean_teacher = parts(uamt), parts(MeanTeacher(semi_card("semi_meanteacher")))
+    assert every["mask_fraction"] == 1.0 and every["consistency"] > 0
+    assert every["consistency"] == pytest.approx(mean_teacher["consistency"], rel=1e-6)
+
+
+def test_ua_mt_teacher_passes_build_no_graph() -> None:
+    """T = 8 teacher passes, each without autograd, even for a teacher whose weights need gradients."""
+    from baselines.ua_mt import UncertaintyAwareMeanTeacher
+
+    method = UncertaintyAwareMeanTeacher(semi_card("semi_uamt"))
+    teacher = method.build_network(2, 2)
+    assert all(p.requires_grad for p in teacher.parameters())
+    passes: list[tuple[bool, bool]] = []
+    teacher.register_forward_hook(lambda module, args, out: passes.append((torch.is_grad_enabled(), out.requires_grad)))
+    probs, mask = method.teacher_target(teacher, torch.randn(2, 2, 16, 16, 16), StepInfo(0, 10))
+    assert passes == [(False, False)] * 8
+    assert probs.grad_fn is None and mask.grad_fn is None and mask.shape == (2, 1, 16, 16, 16)
