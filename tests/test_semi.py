@@ -24,7 +24,7 @@ from cmfnet.training.engine import Trainer
 from cmfnet.training.sampling import SemiPatchSampler, TrainVolume
 
 REPO = Path(__file__).resolve().parents[1]
-CARDS = ["semi_suponly", "semi_meanteacher", "semi_uamt", "semi_smms"]
+CARDS = ["semi_suponly", "semi_meanteacher", "semi_uamt", "semi_cps", "semi_xmodal_cps", "semi_smms"]
 # the tiny fixture's fold 0 trains on 4 cases: half of them labelled, batches of 2 + 2
 SEMI = {"iterations": 3, "batch_size": 4, "patch_size": [16, 32, 32], "val_interval": 0,
         "checkpoint_interval": 100, "log_interval": 1, "labelled_fraction": 0.5}
@@ -166,7 +166,7 @@ def test_mean_teacher_consistency_vanishes_when_teacher_and_student_agree() -> N
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
-# -- the peers: UA-MT ----------------------------------------------------------------
+# -- the peers: UA-MT, CPS, X-modal CPS ----------------------------------------------------------------
 
 
 def test_ua_mt_masks_uncertain_voxels_and_is_mean_teacher_when_nothing_is_uncertain(
@@ -212,3 +212,64 @@ def test_ua_mt_teacher_passes_build_no_graph() -> None:
     probs, mask = method.teacher_target(teacher, torch.randn(2, 2, 16, 16, 16), StepInfo(0, 10))
     assert passes == [(False, False)] * 8
     assert probs.grad_fn is None and mask.grad_fn is None and mask.shape == (2, 1, 16, 16, 16)
+
+
+class FixedLogits(torch.nn.Module):
+    """A stub network: the same logits at every voxel, whatever the input, which it records."""
+
+    def __init__(self, *logits: float) -> None:
+        super().__init__()
+        self.logits = torch.tensor(logits).view(1, -1, 1, 1, 1)
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        self.seen.append(image)
+        return self.logits.expand(image.shape[0], -1, *image.shape[2:]).clone().requires_grad_()
+
+
+def test_cps_each_net_learns_the_other_nets_argmax() -> None:
+    """A predicts (1/4, 3/4), argmax 1; B predicts (4/5, 1/5), argmax 0. A's pseudo-label loss is
+    -ln p_A(0) = ln 4 and B's -ln p_B(1) = ln 5; swapping the nets swaps them (with its own argmax
+    A's would be ln 4/3)."""
+    from baselines.cps import CrossPseudoSupervision, PeerNetworks
+
+    method = CrossPseudoSupervision(semi_card("semi_cps"))
+    batch = Batch(torch.zeros(1, 2, 2, 2, 2), torch.full((1, 2, 2, 2), IGNORE), ["u"], [], [], torch.tensor([False]))
+    a, b = FixedLogits(0.0, math.log(3)), FixedLogits(math.log(4), 0.0)
+    _, parts = method.loss(PeerNetworks(a, b, False), batch, StepInfo(9, 10))
+    assert (parts["pseudo_a"], parts["pseudo_b"]) == (pytest.approx(math.log(4)), pytest.approx(math.log(5)))
+    assert parts["ce_a"] == parts["ce_b"] == 0.0  # no labelled patch
+    _, swapped = method.loss(PeerNetworks(b, a, False), batch, StepInfo(9, 10))
+    assert (swapped["pseudo_a"], swapped["pseudo_b"]) == (pytest.approx(math.log(5)), pytest.approx(math.log(4)))
+
+
+def test_cps_nets_start_apart_and_the_optimiser_sees_both() -> None:
+    from baselines.cps import CrossPseudoSupervision
+
+    torch.manual_seed(0)
+    model = CrossPseudoSupervision(semi_card("semi_cps")).build_network(2, 2)
+    weights_a, weights_b = list(model.a.parameters()), list(model.b.parameters())
+    assert len(list(model.parameters())) == len(weights_a) + len(weights_b)
+    convs = [(pa, pb) for pa, pb in zip(weights_a, weights_b) if pa.dim() == 5]
+    assert convs and all(not torch.equal(pa, pb) for pa, pb in convs)
+    image = torch.randn(1, 2, 16, 16, 16)
+    assert torch.equal(model.eval()(image), model.a(image))  # prediction: net A's
+
+
+def test_xmodal_cps_feeds_ct_to_a_and_mr_to_b_and_predicts_with_both() -> None:
+    from baselines.cps import CrossPseudoSupervision, PeerNetworks
+
+    method = CrossPseudoSupervision(semi_card("semi_xmodal_cps"))
+    a, b = FixedLogits(0.0, math.log(3)), FixedLogits(math.log(4), 0.0)
+    model = PeerNetworks(a, b, True)
+    image = torch.stack([torch.zeros(2, 2, 2), torch.ones(2, 2, 2)]).unsqueeze(0)  # CT 0, MR 1
+    target = torch.zeros(1, 2, 2, 2, dtype=torch.long)
+    method.loss(model, Batch(image, target, ["a"], [], [], torch.tensor([True])), StepInfo(0, 10))
+    assert a.seen[0].shape == b.seen[0].shape == (1, 1, 2, 2, 2)
+    assert (a.seen[0] == 0).all() and (b.seen[0] == 1).all()
+    mean = 0.5 * (torch.tensor([0.25, 0.75]) + torch.tensor([0.8, 0.2]))
+    assert torch.allclose(model(image).exp()[0, :, 0, 0, 0], mean)
+    built = method.build_network(2, 2).eval()
+    assert built.a(torch.zeros(1, 1, 16, 16, 16)).shape == (1, 2, 16, 16, 16)  # one input channel each
+    with pytest.raises(InputError, match="modality_split needs exactly two input channels"):
+        method.build_network(1, 2)
