@@ -357,8 +357,8 @@ def test_a_baseline_trains_from_its_module_and_the_baseline_helpers_it_imports()
 # -- issue 13: the semi-supervised rows, one per labelled fraction, and a table per fraction --------
 
 #: config/semi.yaml's semi rows -> their fraction in percent
-SEMI_ROWS = {f"{card}+{fraction}": percent for card in ("semi_suponly", "semi_meanteacher")
-             for fraction, percent in ((0.1, "10"), (0.2, "20"))}
+SEMI_CARDS = ("semi_suponly", "semi_meanteacher", "semi_uamt", "semi_cps", "semi_xmodal_cps", "semi_smms")
+SEMI_ROWS = {f"{card}+{fraction}": percent for card in SEMI_CARDS for fraction, percent in ((0.1, "10"), (0.2, "20"))}
 TAGS = re.compile(r"--tag 'method=([^']*)' --tag 'method_name=[^']*' --tag 'table=([^']*)' "
                   r"--tag 'data=([^']*)' --tag 'fold=(\d+)' --tag 'seed=(\d+)' --tag 'config=(\w+)'")
 
@@ -369,14 +369,15 @@ def test_the_semi_preset_trains_each_semi_row_once_per_fraction_and_fills_a_tabl
     text = dry_run(work, "--configfile", "config/semi.yaml")
     jobs = jobs_of(text)
     assert trained(jobs) == {"fullysup", *SEMI_ROWS}
-    assert len(jobs["train"]) == 5 * 2 * 2  # rows x seeds x folds of config/config.yaml
+    assert len(jobs["train"]) == 13 * 2 * 1  # rows x seeds (config/config.yaml's) x fold 0
     blocks = re.findall(r"--out results/models/synth-npc-semi/([^/]+)/seed\d+/fold\d+ "
                         r"--train-config '([^']*)'", text)
-    assert len(blocks) == 20
+    assert len(blocks) == 26
     for row, block in blocks:
         train = json.loads(block)
         assert train.get("labelled_fraction") == (float(row.partition("+")[2]) if row in SEMI_ROWS else None)
-        assert (train["batch_size"], train["labelled_batch_size"]) == (4, 2)
+        assert (train["batch_size"], train["labelled_batch_size"], train["iterations"]) == (4, 2, 600)
+    assert "--reference semi_smms" in text  # every semi row is tested against SMMS at its fraction
     tables = {f"results/tables/{name}.{ext}" for name in ("semi_10", "semi_20", "table1")
               for ext in ("csv", "md", "tex")}
     assert tables <= set(jobs["tables"][0])
@@ -420,4 +421,4 @@ def test_labelled_fractions_given_on_the_command_line_are_numbers(tmp_path: Path
     work = repo_copy(tmp_path / "repo")
     jobs = planned(work, "--configfile", "config/semi.yaml", "--config", "labelled_fractions=[0.3]",
                    "--until", "train")
-    assert trained(jobs) == {"fullysup", "semi_suponly+0.3", "semi_meanteacher+0.3"}
+    assert trained(jobs) == {"fullysup", *(f"{card}+0.3" for card in SEMI_CARDS)}
