@@ -216,7 +216,8 @@ def test_tables_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -
                   "--metrics METRICS [METRICS ...] or: exactly these metrics CSVs",
                   "--out OUT output folder for the tables",
                   "--order ORDER comma-separated method ids: the row order of the tables",
-                  "--reference REFERENCE method id every row is tested against (paired Wilcoxon, Holm); none: no tests"):
+                  "--reference REFERENCE method id every row is tested against (paired Wilcoxon, Holm); in a semi "
+                  "table, a card id names its row at the table's fraction; none: no tests"):
         assert words in text
     overview = " ".join(cli.build_parser("tables").format_help().split())
     assert "tables aggregate per-case metrics into the paper's tables and figures (no retraining)" in overview
