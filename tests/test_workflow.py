@@ -422,3 +422,17 @@ def test_labelled_fractions_given_on_the_command_line_are_numbers(tmp_path: Path
     jobs = planned(work, "--configfile", "config/semi.yaml", "--config", "labelled_fractions=[0.3]",
                    "--until", "train")
     assert trained(jobs) == {"fullysup", *(f"{card}+0.3" for card in SEMI_CARDS)}
+
+
+def test_the_scribble_protocol_preset_runs_each_method_on_each_variant_without_table1(tmp_path: Path) -> None:
+    """A preset of variant files alone (no Table I row) plans its rows and table, and no
+    qualitative figure (it draws Table I's rows); the sim rows read the default run's models."""
+    work = repo_copy(tmp_path / "repo")
+    text = dry_run(work, "--configfile", "config/scribble-protocols.yaml")
+    jobs = jobs_of(text)
+    assert trained(jobs) == {"pce", "tv", "cmfnet", *(f"scribble_protocols{suffix}.{variant}"
+                                                      for suffix in ("", "_tv", "_cmfnet")
+                                                      for variant in ("autobg", "scribblebench"))}
+    assert "qualitative" not in jobs
+    assert "results/tables/scribble_protocols.md" in jobs["tables"][0]
+    assert "--reference scribble_protocols_cmfnet.sim" in text

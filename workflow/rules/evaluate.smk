@@ -85,7 +85,7 @@ rule qualitative:
         dataset=dataset_dir(),
         predictions=f"results/predictions/{DATASET}",
         order=",".join(table1_methods()),
-        reference=qualitative_reference(),
+        reference=lambda wildcards: qualitative_reference(),
         seed=SEEDS[0],
     threads: 1
     resources:
