@@ -49,8 +49,10 @@ def digest(data: Any) -> str:
 
 def training_settings(card: Card, preset_train: dict[str, Any], protocol_version: int) -> dict[str, Any]:
     """Everything a model's weights depend on besides the data and the plugin's code."""
-    settings = {key: value for key, value in card.to_dict().items() if key not in LABEL_KEYS | {"train"}}
-    settings["params"] = load_method(card).params
+    method = load_method(card)
+    # training_card: without the network block of a method that ignores it (an external framework's)
+    settings = {key: value for key, value in method.training_card().items() if key not in LABEL_KEYS | {"train"}}
+    settings["params"] = method.params
     settings["train"] = resolve_train_config(card, preset_train).settings()
     return {"protocol_version": protocol_version, "card": settings}
 

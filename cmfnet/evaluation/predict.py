@@ -157,7 +157,7 @@ def _segment_case(trained: TrainedModel, image: np.ndarray, geometry: Geometry, 
         with reporting_progress(progress):
             if resample:
                 return segment_at_model_spacing(trained, image, geometry, device, overlap)
-            return trained.segment(image, device=device, overlap=overlap)
+            return trained.segment(image, device=device, overlap=overlap, spacing=geometry.spacing)
     finally:
         progress.close()
 
@@ -193,7 +193,7 @@ def predict_dataset(model_dir: Path, dataset_dir: Path, out_dir: Path, cases: li
     for case in cases:
         for path in dataset.image_paths(case):
             _check_image_file(path)
-    model_spacing = trained.meta.get("spacing")
+    model_spacing = None if trained.resamples_itself else trained.meta.get("spacing")
     resample = model_spacing is not None and "spacing" in dataset.meta \
         and _differs_from_model(dataset.meta["spacing"], model_spacing)
     if resample:
@@ -265,9 +265,9 @@ def predict_files(model_dir: Path, images: list[Path], out: Path, device: str = 
     # segment() selects the model's channels from the dataset's channel layout
     layout = np.zeros((max(trained.meta["channels"]) + 1, *image.shape[1:]), np.float32)
     layout[trained.meta["channels"]] = image
-    model_spacing = trained.meta.get("spacing")
+    model_spacing = None if trained.resamples_itself else trained.meta.get("spacing")
     resample = model_spacing is not None and _differs_from_model(geometry.spacing, model_spacing)
-    if model_spacing is None:
+    if model_spacing is None and not trained.resamples_itself:
         log(f"warning: {trained.path} records no training spacing; predicting at the image's own spacing")
     elif resample:
         log(f"{images[0]}: spacing {_mm(geometry.spacing)} (z, y, x) differs from the model's "

@@ -145,6 +145,9 @@ class Method:
     #: the type of a param whose default does not tell it (a None default, an int-or-list option);
     #: every other param must have the type of its default (an int may stand for a float)
     param_types: ClassVar[dict[str, Any]] = {}
+    #: whether the card's ``network:`` block (and a preset's ``network:`` overrides) builds this
+    #: method's network; False for :class:`ExternalMethod`, whose framework plans its own
+    uses_network: ClassVar[bool] = True
 
     def __init__(self, card: Card) -> None:
         unknown = set(card.params) - set(self.defaults)
@@ -152,7 +155,8 @@ class Method:
             raise InputError(card.path, f"unknown params for plugin '{self.name}': {sorted(unknown)}")
         for name, value in card.params.items():
             check_value(card.path, f"params.{name}", value, self.param_type(name))
-        check_network_options(card.path, card.network)
+        if self.uses_network:
+            check_network_options(card.path, card.network)
         self.card = card
         self.params: dict[str, Any] = {**copy.deepcopy(self.defaults), **card.params}
 
@@ -195,5 +199,66 @@ class Method:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         del state
+
+    def training_card(self) -> dict[str, Any]:
+        """The card as a model's settings record it: without ``network`` when the method ignores it,
+        so that a preset's ``network:`` block neither retrains nor refuses such a model."""
+        card = self.card.to_dict()
+        if not self.uses_network:
+            card.pop("network", None)
+        return card
+
+
+@dataclass(frozen=True)
+class ExternalRun:
+    """What an :class:`ExternalMethod` trains on: one fold of a dataset, into its own folder."""
+
+    dataset: Any  # cmfnet.data.dataset.Dataset (not imported here: the contract stays light)
+    fold: int
+    out: Any  # pathlib.Path: the model folder; the method may keep its work files under it
+    config: Any  # cmfnet.training.config.TrainConfig: the preset's block (most of it does not apply)
+    device: torch.device
+    channels: list[int]
+    log: Callable[[str], None]
+
+
+class ExternalMethod(Method):
+    """A method whose training and inference an external framework does (nnU-Net: ``baselines.nnunet``).
+
+    The engine's patch sampler, optimiser, schedule and validation do not apply; ``cmfnet train``
+    calls :meth:`fit` instead of the engine, and ``cmfnet predict`` calls :meth:`build_predictor_network`
+    and :meth:`segment` instead of the sliding window. The contract that keeps the row comparable
+    is unchanged: ``model.pt`` holds ``{"format", "weights", "meta"}`` (tensors and plain types,
+    loadable with ``torch.load(weights_only=True)``), training reads the fold's training cases (and
+    its validation cases for validation) only, and prediction writes each case on its own grid, so
+    ``cmfnet evaluate`` scores the row like every other.
+
+    The card's ``network:`` block is ignored (``uses_network = False``): the framework plans its
+    network from the data. Of the preset's ``train:`` block only ``seed`` and ``val_reference``
+    apply; the framework's schedule comes from the card's ``params``.
+
+    Import the framework lazily, inside the hooks, so that cards, provenance and ``cmfnet validate``
+    work where it is not installed, and turn its absence into one :class:`InputError` line.
+    """
+
+    uses_network: ClassVar[bool] = False
+
+    def loss(self, model: nn.Module, batch: Batch, step: StepInfo) -> tuple[torch.Tensor, dict[str, float]]:
+        raise TypeError(f"'{self.name}' trains through an external framework, not the engine's loss")
+
+    def fit(self, run: ExternalRun) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Train on ``run``; return the network's weights (a state dict of tensors) and the plain
+        (JSON-able) record :meth:`build_predictor_network` and :meth:`segment` need (``meta["external"]``)."""
+        raise NotImplementedError
+
+    def build_predictor_network(self, external: dict[str, Any]) -> nn.Module:
+        """The untrained network ``meta["external"]`` describes; ``model.pt``'s weights are loaded into it."""
+        raise NotImplementedError
+
+    def segment(self, network: nn.Module, image: np.ndarray, spacing: Spacing, external: dict[str, Any],
+                device: torch.device, overlap: float) -> np.ndarray:
+        """Labels (uint8, z, y, x) of a raw (C, z, y, x) image of the model's channels at ``spacing``
+        (z, y, x mm), on the image's own grid: the framework normalises and resamples itself."""
+        raise NotImplementedError
 
 

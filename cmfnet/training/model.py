@@ -20,7 +20,7 @@ from cmfnet.data.dataset import Dataset
 from cmfnet.data.normalize import normalize_image
 from cmfnet.errors import InputError
 from cmfnet.training.cards import Card, parse_override
-from cmfnet.training.contract import Method
+from cmfnet.training.contract import ExternalMethod, Method
 from cmfnet.training.device import mixed_precision
 from cmfnet.training.plugins import load_method
 from cmfnet.training.sliding_window import sliding_window_probabilities
@@ -132,8 +132,11 @@ class TrainedModel:
                 card.params[name] = value
             method = load_method(card)
         try:
-            model = method.build_network(len(meta["channels"]), meta["num_classes"])
-        except (ValueError, TypeError) as err:
+            if isinstance(method, ExternalMethod):  # the network its framework planned (meta["external"])
+                model = method.build_predictor_network(meta.get("external") or {})
+            else:
+                model = method.build_network(len(meta["channels"]), meta["num_classes"])
+        except (ValueError, TypeError, KeyError) as err:
             raise InputError(path, f"its card's network cannot be built ({err})") from None
         problem = _weights_problem(model, state["weights"])
         if problem:
@@ -148,13 +151,29 @@ class TrainedModel:
             raise InputError(dataset.root / "dataset.json",
                              f"channels {dataset.channels} do not provide the model's {self.channel_names}")
 
+    @property
+    def resamples_itself(self) -> bool:
+        """Whether the model's framework resamples images to its own spacing (an external method):
+        ``cmfnet predict`` then hands it each image at its own spacing."""
+        return isinstance(self.method, ExternalMethod)
+
     @torch.no_grad()
-    def segment(self, image: np.ndarray, device: torch.device, overlap: float = 0.5) -> np.ndarray:
-        """Label map (uint8) of a raw (C, z, y, x) image with all of the dataset's channels."""
+    def segment(self, image: np.ndarray, device: torch.device, overlap: float = 0.5,
+                spacing: tuple[float, ...] | None = None) -> np.ndarray:
+        """Label map (uint8) of a raw (C, z, y, x) image with all of the dataset's channels.
+
+        ``spacing`` (z, y, x mm), the image's own, is needed by a model that resamples itself.
+        """
         channels = self.meta["channels"]
         names = self.meta["channel_names"]
         if image.shape[0] <= max(channels):
             raise InputError(self.path, f"image has {image.shape[0]} channels, model uses {channels}")
+        if isinstance(self.method, ExternalMethod):
+            if spacing is None:
+                raise ValueError("an external model segments at the image's spacing: pass spacing")
+            return self.method.segment(self.model, np.ascontiguousarray(image[channels]),
+                                       tuple(float(s) for s in spacing), self.meta.get("external") or {},
+                                       device, overlap)
         selected = normalize_image(image[channels], names, self.meta["normalization"])
         self.model.to(device)
         tensor = torch.from_numpy(np.ascontiguousarray(selected)).to(device)

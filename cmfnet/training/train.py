@@ -15,20 +15,23 @@ from cmfnet.errors import InputError
 from cmfnet.training.cards import load_card
 from cmfnet.training.config import resolve_train_config
 from cmfnet.training.device import add_threads_argument, set_cpu_threads
+from cmfnet.training.contract import ExternalMethod
 from cmfnet.training.engine import Trainer
+from cmfnet.training.external import external_state_hash, fit_external
 from cmfnet.training.model import read_model_file
+from cmfnet.training.plugins import load_method
 
 
-def _finished_already(trainer: Trainer, force: bool) -> bool:
+def _finished_already(out: Path, state_hash: str, force: bool) -> bool:
     """Whether ``model.pt`` already holds this very training (nothing to do); refuse another one's."""
-    path = trainer.out / "model.pt"
+    path = out / "model.pt"
     if force or not path.exists():
         return False
     try:
         meta = read_model_file(path)["meta"]
     except InputError as err:
         raise InputError(path, f"{err.problem}; --force retrains over it") from None
-    if meta.get("state_hash") != trainer.state_hash:
+    if meta.get("state_hash") != state_hash:
         raise InputError(path, "exists and was trained with another card, train config, fold or dataset; "
                                "--force retrains over it")
     return True
@@ -62,8 +65,17 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(args.out, "--out is an existing file, not a folder")
     set_cpu_threads(args.threads)
     dataset = Dataset(args.dataset)
+    method = load_method(card)
+    if isinstance(method, ExternalMethod):  # a framework trains it (nnU-Net), not the engine
+        if _finished_already(args.out, external_state_hash(method, config, args.fold, dataset), args.force):
+            print(f"{args.out / 'model.pt'} exists and was trained with this card, config, fold and dataset: "
+                  "nothing to do (--force retrains)")
+            return 0
+        meta = fit_external(method, dataset, args.fold, args.out, config, device=args.device)
+        print(f"trained {card.id} fold {args.fold} in {meta['seconds']} s -> {args.out / 'model.pt'}")
+        return 0
     trainer = Trainer(card, dataset, args.fold, args.out, config, device=args.device)
-    if _finished_already(trainer, args.force):
+    if _finished_already(trainer.out, trainer.state_hash, args.force):
         print(f"{args.out / 'model.pt'} exists and was trained with this card, config, fold and dataset: "
               "nothing to do (--force retrains)")
         return 0

@@ -1,0 +1,73 @@
+"""``cmfnet train`` for an :class:`~cmfnet.training.contract.ExternalMethod`: the framework trains,
+this module writes the same outputs as the engine (``model.pt``, ``meta.json``), so ``cmfnet
+predict``, the pipeline and ``cmfnet evaluate`` treat the model like every other."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cmfnet.data.dataset import Dataset
+from cmfnet.data.io import atomic_path, remove_leftover_partials, write_json
+from cmfnet.errors import InputError
+from cmfnet.training.config import TrainConfig
+from cmfnet.training.contract import ExternalMethod, ExternalRun
+from cmfnet.training.device import resolve_device
+from cmfnet.training.engine import seed_everything, versions
+from cmfnet.training.model import FORMAT_VERSION
+
+
+def external_state_hash(method: ExternalMethod, config: TrainConfig, fold: int, dataset: Dataset) -> str:
+    """What an external training depends on (as the engine's hash, without the ignored network)."""
+    text = json.dumps({"card": method.training_card(), "train": config.settings(), "fold": fold,
+                       "dataset": dataset.meta}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def fit_external(method: ExternalMethod, dataset: Dataset, fold: int, out: Path, config: TrainConfig,
+                 device: str = "auto") -> dict[str, Any]:
+    """Let the method's framework train, then write ``model.pt`` and ``meta.json`` atomically."""
+    card = method.card
+    torch_device = resolve_device(device)
+    split = dataset.split(fold)
+    channels = card.channels if card.channels is not None else list(range(dataset.num_channels))
+    bad = [c for c in channels if not 0 <= c < dataset.num_channels]
+    if bad:
+        raise InputError(card.path, f"channels {bad} not in the dataset's {dataset.num_channels} channels")
+
+    def log(message: str) -> None:
+        print(f"[{card.id} fold {fold}] {message}", flush=True)
+
+    started = time.time()
+    out.mkdir(parents=True, exist_ok=True)
+    remove_leftover_partials(out)
+    seed_everything(config.seed)
+    weights, external = method.fit(ExternalRun(dataset, fold, out, config, torch_device, channels, log))
+    if not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise TypeError(f"{type(method).__name__}.fit must return a state dict of tensors")
+    meta = {"card": card.to_dict(), "card_path": str(card.path), "method_id": card.id,
+            "train": config.settings(), "max_iterations": int(external.get("iterations", 0)),
+            "fold": fold, "dataset": dataset.name, "dataset_path": str(dataset.root),
+            "train_cases": list(split["train"]), "labelled_cases": list(split["train"]),
+            "val_cases": list(split.get("val", [])), "num_classes": dataset.num_classes,
+            "channels": channels, "channel_names": [dataset.channels[c] for c in channels],
+            "normalization": dataset.meta.get("normalization", {}),
+            # the framework resamples itself: no model spacing for `cmfnet predict` to resample to
+            "spacing": None, "patch_size": list(external.get("patch_size", [])), "size_divisor": 1,
+            "seed": config.seed, "selection": "last", "selected_iteration": int(external.get("iterations", 0)),
+            "selected_val_dice": None, "seconds": round(time.time() - started, 1), "device": str(torch_device),
+            "versions": {**versions(), **external.get("versions", {})},
+            "state_hash": external_state_hash(method, config, fold, dataset), "format": FORMAT_VERSION,
+            "external": external}
+    meta = json.loads(json.dumps(meta))  # plain types only: loadable with weights_only=True
+    write_json(meta, out / "meta.json")
+    with atomic_path(out / "model.pt") as tmp:
+        torch.save({"format": FORMAT_VERSION, "weights": {k: v.detach().cpu() for k, v in weights.items()},
+                    "meta": meta}, tmp)
+    log(f"done in {meta['seconds']:.0f} s -> {out / 'model.pt'}")
+    return meta
