@@ -208,12 +208,22 @@ class NnUNet(ExternalMethod):
         network = getattr(trainer.network, "_orig_mod", trainer.network)  # torch.compile's wrapper
         weights = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
         axes = trainer.inference_allowed_mirroring_axes
+        history = trainer.logger.local_logger.my_fantastic_logging
+        iterations = self.params["iterations_per_epoch"]
+        # one row per epoch; val_dice is nnU-Net's pseudo Dice (validation patches, not whole volumes)
+        train_log = [{"iteration": (epoch + 1) * iterations, "lr": float(history["lrs"][epoch]),
+                      "loss": float(history["train_losses"][epoch]), "val_loss": float(history["val_losses"][epoch]),
+                      "val_dice": float(history["mean_fg_dice"][epoch]),
+                      "sec_per_it": (history["epoch_end_timestamps"][epoch]
+                                     - history["epoch_start_timestamps"][epoch]) / iterations}
+                     for epoch in range(len(history["train_losses"]))]
         external = {"plans": plans, "dataset_json": dataset_json, "configuration": configuration,
                     "trainer": trainer_class.__name__, "num_input_channels": len(run.channels),
                     "mirroring_axes": None if axes is None else [int(a) for a in axes],
                     "iterations": self.params["epochs"] * self.params["iterations_per_epoch"],
                     "patch_size": [int(p) for p in plans["configurations"][configuration]["patch_size"]],
-                    "versions": {"nnunetv2": getattr(nnunetv2, "__version__", _distribution_version())}}
+                    "versions": {"nnunetv2": getattr(nnunetv2, "__version__", _distribution_version())},
+                    "train_log": train_log}
         write_json(plans, Path(run.out) / "nnunet_plans.json")
         write_json(dataset_json, Path(run.out) / "nnunet_dataset.json")
         if not self.params["keep_work"]:

@@ -75,6 +75,11 @@ def test_nnunet_pl_trains_predicts_and_is_evaluated_like_every_row(tmp_path: Pat
     splits = json.loads((out / "nnunet" / "preprocessed" / "Dataset999_cmfnet" / "splits_final.json").read_text())
     assert splits == [{"train": split["train"], "val": split["val"]}]
 
+    # the training log `cmfnet curves` reads for every model: one row per nnU-Net epoch
+    with open(out / "train_log.csv", newline="") as handle:
+        log_rows = list(csv.DictReader(handle))
+    assert [row["iteration"] for row in log_rows] == ["2"] and "val_dice" in log_rows[0]
+
     # our model folder: weights_only=True loads it; no nnU-Net pickle is needed to predict
     state = torch.load(out / "model.pt", map_location="cpu", weights_only=True)
     assert state["meta"]["external"]["configuration"] == "3d_fullres"

@@ -17,7 +17,8 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -27,6 +28,10 @@ from cmfnet.errors import InputError
 from cmfnet.training.cards import Card, check_network_options, check_value
 from cmfnet.training.networks import build_network
 from cmfnet.training.sampling import TrainVolume
+
+if TYPE_CHECKING:
+    from cmfnet.data.dataset import Dataset
+    from cmfnet.training.config import TrainConfig
 
 #: voxel spacing (z, y, x) in mm
 Spacing = tuple[float, float, float]
@@ -213,12 +218,12 @@ class Method:
 class ExternalRun:
     """What an :class:`ExternalMethod` trains on: one fold of a dataset, into its own folder."""
 
-    dataset: Any  # cmfnet.data.dataset.Dataset (not imported here: the contract stays light)
+    dataset: Dataset
     fold: int
-    out: Any  # pathlib.Path: the model folder; the method may keep its work files under it
-    config: Any  # cmfnet.training.config.TrainConfig: the preset's block (most of it does not apply)
+    out: Path  # the model folder; the method keeps its work files under it
+    config: TrainConfig  # the preset's train block (an external framework uses little of it)
     device: torch.device
-    channels: list[int]
+    channels: list[int]  # the card's input channels, indices into the dataset's
     log: Callable[[str], None]
 
 
@@ -248,7 +253,12 @@ class ExternalMethod(Method):
 
     def fit(self, run: ExternalRun) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Train on ``run``; return the network's weights (a state dict of tensors) and the plain
-        (JSON-able) record :meth:`build_predictor_network` and :meth:`segment` need (``meta["external"]``)."""
+        (JSON-able) record :meth:`build_predictor_network` and :meth:`segment` need (``meta["external"]``).
+
+        The record's optional ``train_log`` (rows of ``iteration``, ``lr``, losses and ``val_dice``)
+        becomes ``train_log.csv``, which ``cmfnet curves`` reads for every model; ``iterations`` and
+        ``patch_size`` are copied into the meta.
+        """
         raise NotImplementedError
 
     def build_predictor_network(self, external: dict[str, Any]) -> nn.Module:

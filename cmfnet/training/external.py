@@ -20,6 +20,7 @@ from cmfnet.training.contract import ExternalMethod, ExternalRun
 from cmfnet.training.device import resolve_device
 from cmfnet.training.engine import seed_everything, versions
 from cmfnet.training.model import FORMAT_VERSION
+from cmfnet.training.train_log import TrainLog
 
 
 def external_state_hash(method: ExternalMethod, config: TrainConfig, fold: int, dataset: Dataset) -> str:
@@ -48,6 +49,10 @@ def fit_external(method: ExternalMethod, dataset: Dataset, fold: int, out: Path,
     remove_leftover_partials(out)
     seed_everything(config.seed)
     weights, external = method.fit(ExternalRun(dataset, fold, out, config, torch_device, channels, log))
+    # train_log.csv as the engine writes it, for `cmfnet curves` (the pipeline reads every model's)
+    train_log = TrainLog(out / "train_log.csv")
+    for row in external.pop("train_log", []):
+        train_log.append(row)
     if not all(isinstance(v, torch.Tensor) for v in weights.values()):
         raise TypeError(f"{type(method).__name__}.fit must return a state dict of tensors")
     meta = {"card": card.to_dict(), "card_path": str(card.path), "method_id": card.id,
