@@ -39,6 +39,7 @@ network from the data); of the preset's ``train:`` block only ``seed`` and ``val
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import shutil
@@ -64,10 +65,8 @@ MISSING = "nnU-Net rows need the nnunet extra: pip install -e '.[nnunet]'"
 
 def require_nnunet(where: object) -> None:
     """One InputError line when nnunetv2 is not installed."""
-    try:
-        import nnunetv2  # noqa: F401
-    except ImportError:
-        raise InputError(where, MISSING) from None
+    if importlib.util.find_spec("nnunetv2") is None:
+        raise InputError(where, MISSING)
 
 
 def set_nnunet_paths(work: Path) -> dict[str, Path]:

@@ -122,18 +122,13 @@ def test_nnunet_cards_load_and_ignore_the_presets_network_block() -> None:
 
 
 def test_a_missing_nnunetv2_is_one_input_error_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    import builtins
+    import importlib.util
 
     from baselines.nnunet import MISSING, require_nnunet
 
-    real_import = builtins.__import__
-
-    def without_nnunet(name: str, *args, **kwargs):  # type: ignore[no-untyped-def]
-        if name == "nnunetv2" or name.startswith("nnunetv2."):
-            raise ImportError(name)
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", without_nnunet)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "nnunetv2" else real_find_spec(name, *args))
     with pytest.raises(InputError, match=r"pip install -e '\.\[nnunet\]'") as err:
         require_nnunet("methods/nnunet_pl.yaml")
     assert MISSING in str(err.value)
