@@ -223,8 +223,6 @@ class NnUNet(ExternalMethod):
                     "patch_size": [int(p) for p in plans["configurations"][configuration]["patch_size"]],
                     "versions": {"nnunetv2": getattr(nnunetv2, "__version__", _distribution_version())},
                     "train_log": train_log}
-        write_json(plans, Path(run.out) / "nnunet_plans.json")
-        write_json(dataset_json, Path(run.out) / "nnunet_dataset.json")
         if not self.params["keep_work"]:
             # derived copies of the data, and nnU-Net's checkpoints (model.pt holds the weights);
             # nnU-Net's training log and progress plot stay in <out>/nnunet/results

@@ -31,7 +31,8 @@ SETTINGS = {
     "semi": {"batch_size": 4, "patch_size": [16, 32, 32], "labelled_fraction": 0.25},
     "paper": {"batch_size": 16, "patch_size": [16, 96, 96]},
 }
-NETWORK = {"default": ["network.width=8", "network.dropout=0.0"], "semi": ["network.width=8", "network.dropout=0.0"]}
+PRESET_NETWORK = ["network.width=8", "network.dropout=0.0"]  # config/config.yaml's network: block
+NETWORK = {"default": PRESET_NETWORK, "semi": PRESET_NETWORK}
 TABLE1 = ("fullysup", "pce", "dmsps", "em", "tv", "ms", "ustm", "s2l", "cmfnet_autobg", "cmfnet")
 DEFAULT_SETTINGS = ("smoke", "paper")
 

@@ -103,9 +103,10 @@ def _dice_foreground(pred: np.ndarray, reference: np.ndarray, num_classes: int) 
     return float(np.mean(scores)) if scores else 0.0
 
 
-def _state_hash(card: Card, config: TrainConfig, fold: int, dataset: Dataset) -> str:
-    """What a training result depends on: a checkpoint or model.pt with another hash is not this run's."""
-    text = json.dumps({"card": card.to_dict(), "train": config.settings(), "fold": fold,
+def state_hash(card_settings: dict[str, Any], config: TrainConfig, fold: int, dataset: Dataset) -> str:
+    """What a training result depends on: a checkpoint or model.pt with another hash is not this run's.
+    ``card_settings`` is the card as its method trains with it (``Method.training_card``)."""
+    text = json.dumps({"card": card_settings, "train": config.settings(), "fold": fold,
                        "dataset": dataset.meta}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -196,7 +197,7 @@ class Trainer:
         self.best = {"score": -1.0, "iteration": -1}
         self.best_state: dict[str, torch.Tensor] | None = None
         self.lr_origin = 0  # iteration at which the current schedule started (reset_optimizer)
-        self.state_hash = _state_hash(card, config, fold, dataset)
+        self.state_hash = state_hash(card.to_dict(), config, fold, dataset)
         self._running: dict[str, float] = {}  # sums over the current log window
         self._seconds_before = 0.0  # training time of the runs this one resumes
         self._started = time.time()

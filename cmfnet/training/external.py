@@ -4,7 +4,6 @@ predict``, the pipeline and ``cmfnet evaluate`` treat the model like every other
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -18,16 +17,14 @@ from cmfnet.errors import InputError
 from cmfnet.training.config import TrainConfig
 from cmfnet.training.contract import ExternalMethod, ExternalRun
 from cmfnet.training.device import resolve_device
-from cmfnet.training.engine import seed_everything, versions
+from cmfnet.training.engine import seed_everything, state_hash, versions
 from cmfnet.training.model import FORMAT_VERSION
 from cmfnet.training.train_log import TrainLog
 
 
 def external_state_hash(method: ExternalMethod, config: TrainConfig, fold: int, dataset: Dataset) -> str:
-    """What an external training depends on (as the engine's hash, without the ignored network)."""
-    text = json.dumps({"card": method.training_card(), "train": config.settings(), "fold": fold,
-                       "dataset": dataset.meta}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    """The engine's state hash of an external training: its card without the ignored network."""
+    return state_hash(method.training_card(), config, fold, dataset)
 
 
 def fit_external(method: ExternalMethod, dataset: Dataset, fold: int, out: Path, config: TrainConfig,
