@@ -14,7 +14,7 @@ from cmfnet.cli import main as cmfnet_main
 
 REFERENCE = Path(__file__).resolve().parents[1] / "results" / "reference"
 SETS = sorted(p.name for p in REFERENCE.iterdir() if (p / "order.txt").is_file()) if REFERENCE.is_dir() else []
-COMPARED = ("*.csv", "*.md", "*.tex")
+COMPARED = ("*.csv", "*.md", "*.tex", "*.html")
 
 
 @pytest.mark.parametrize("name", SETS)

@@ -8,6 +8,7 @@ expected value is derived in the test from the hand-made input.
 
 from __future__ import annotations
 
+import html.parser
 import json
 from pathlib import Path
 
@@ -90,6 +91,48 @@ def test_secondary_metrics_table_has_its_own_header(tmp_path: Path) -> None:
     assert lines[start + 3] == ""  # then the footnote
 
 
+# -- HTML (what the Snakemake report shows) ------------------------------------------------------
+class _Cells(html.parser.HTMLParser):
+    """Every table of a page as rows of cell texts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: list[list[list[str]]] = []
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: object) -> None:
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th"):
+            self.tables[-1][-1].append("".join(self._cell or []))
+            self._cell = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def test_html_page_holds_the_markdown_tables_cell_for_cell_escaped(tmp_path: Path) -> None:
+    rows = [row(m, n, f"c{i}", d + 0.1 * i, assd=1.0, hd95=2.0, nsd=0.5)
+            for m, n, d in (("cmfnet", "CmFNet", 0.5), ("b", "B<&>", 0.3)) for i in range(3)]
+    write_tables([rows_csv(tmp_path / "a.csv", rows)], tmp_path / "out")
+    page = (tmp_path / "out" / "table1.html").read_text()
+    assert "B&lt;&amp;&gt;" in page and "<title>table1</title>" in page
+    parser = _Cells()
+    parser.feed(page)
+    markdown = [[cell.strip() for cell in line.strip("|").split(" | ")]
+                for line in (tmp_path / "out" / "table1.md").read_text().splitlines()
+                if line.startswith("| ")]
+    assert [r for t in parser.tables for r in t] == markdown  # both tables, same cells, same order
+    assert [len(t) for t in parser.tables] == [3, 3]
+
+
 # -- LaTeX ----------------------------------------------------------------------------------------
 def test_latex_escapes_specials_and_names_each_class_in_the_header(tmp_path: Path) -> None:
     name = "A&B 50% $x #1 {y}_z X"
@@ -158,7 +201,7 @@ def test_rows_without_table_seed_or_data_go_to_table1_seed_0(tmp_path: Path) -> 
     tagged = rows_csv(tmp_path / "2.csv", [row("a", "A", "c0", 0.5, table=""), row("a", "A", "c1", 0.7, table="")])
     written = write_tables([plain, tagged], tmp_path / "out")
     out = tmp_path / "out"
-    assert written == [out / "table1.csv", out / "table1.md", out / "table1.tex"]
+    assert written == [out / "table1.csv", out / "table1.md", out / "table1.tex", out / "table1.html"]
     assert json.loads((out / "provenance.json").read_text()) == {"tables": ["table1"], "rows": 4,
                                                                  "methods": ["a", "b"]}
     table = pd.read_csv(out / "table1.csv", keep_default_na=False).set_index("method")
@@ -254,8 +297,8 @@ def test_two_sweep_tables_in_a_new_nested_folder_each_get_their_figure(tmp_path:
             for tag in ("fig6_a", "fig6_b") for v in range(2) for i in range(2)]
     out = tmp_path / "new" / "deeper" / "tables"
     written = write_tables([rows_csv(tmp_path / "m.csv", rows)], out)
-    assert [p.name for p in written] == ["fig6_a.csv", "fig6_a.md", "fig6_a.tex", "fig6_a.png",
-                                         "fig6_b.csv", "fig6_b.md", "fig6_b.tex", "fig6_b.png"]
+    assert [p.name for p in written] == [f"{tag}.{ext}" for tag in ("fig6_a", "fig6_b")
+                                         for ext in ("csv", "md", "tex", "html", "png")]
     assert all(p.is_file() for p in written) and (out.parent / "figures" / "fig6_b.png").is_file()
 
 

@@ -9,6 +9,7 @@ comparison, ``table3``... for cards or variant files that name a table; a row ta
   per class (and their mean over classes when there are several);
 - ``<table>.md``: the same as "mean ± std" in the paper's layout, with CI, spreads and tests;
 - ``<table>.tex``: the paper's layout for LaTeX (booktabs), best in bold, second underlined;
+- ``<table>.html``: the Markdown table as a page, for ``snakemake --report``;
 - ``figures/<table>.png`` for sweep tables (``fig*``): DSC and ASD against the swept variant.
 
 Nothing is retrained: editing this module or re-running ``cmfnet tables`` only re-reads the CSVs.
@@ -17,6 +18,7 @@ Nothing is retrained: editing this module or re-running ``cmfnet tables`` only r
 from __future__ import annotations
 
 import argparse
+import html
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -143,7 +145,22 @@ def _pm(mean: float, std: float) -> str:
     return f"{mean:.2f} ± {0.0 if pd.isna(std) else std:.2f}"
 
 
-def to_markdown(summary: pd.DataFrame, title: str) -> str:
+#: the note under every Markdown and HTML table: what each column means
+TABLE_NOTE = ("Mean ± standard deviation over test cases pooled across folds (a case's score is first "
+              "averaged over its training seeds); ASD is the directed average surface distance "
+              "prediction → reference in mm; empty masks follow the policy recorded in each metrics "
+              "row. Spread over folds (seeds): standard deviation of the per-fold (per-seed) mean DSC "
+              "in points, – with one fold (seed). Rank per seed: the method's DSC rank in this "
+              "table, seed by seed. CI: bootstrap 95 % interval of the mean DSC over cases. p: "
+              "two-sided paired Wilcoxon signed-rank test of the case DSCs against the reference "
+              "row over the same seeds, folds and cases, Holm-corrected over the rows; * p < 0.05. "
+              "ASSD, HD95 and NSD (at the tolerance recorded in the metrics rows) are for the mean "
+              "over classes.")
+
+
+def displayed_cells(summary: pd.DataFrame) -> list[list[list[str]]]:
+    """The cells shown in the Markdown and HTML tables, header row first: the main table, then the
+    secondary metrics' table when the rows have them. One layout for both formats."""
     groups = [c[: -len("dsc_mean")] for c in summary.columns if c.endswith("dsc_mean")]
     header = ["Methods", "Data"]
     for g in groups:
@@ -154,7 +171,7 @@ def to_markdown(summary: pd.DataFrame, title: str) -> str:
     reference = summary["reference"].iloc[0] if len(summary) else ""
     if reference:
         header.append(f"p vs {summary.set_index('method').loc[reference, 'name']} (Holm)")
-    lines = [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    main = [header]
     for _, row in summary.iterrows():
         cells = [str(row["name"]), str(row["data"])]
         for g in groups:
@@ -163,26 +180,40 @@ def to_markdown(summary: pd.DataFrame, title: str) -> str:
                   _spread(row["fold_dsc_std"]), str(row["seeds"]), _spread(row["seed_dsc_std"]), str(row["rank_by_seed"])]
         if reference:
             cells.append(_p(row["p_holm"]))
-        lines.append("| " + " | ".join(cells) + " |")
+        main.append(cells)
     secondary = [m for m in SECONDARY if f"{m}_mean" in summary]
-    if secondary:
-        names = {"assd": "ASSD (mm) ↓", "hd95": "HD95 (mm) ↓", "nsd": "NSD ↑"}
-        lines += ["", "| Methods | " + " | ".join(names[m] for m in secondary) + " |",
-                  "|" + "---|" * (len(secondary) + 1)]
-        for _, row in summary.iterrows():
-            lines.append(f"| {row['name']} | " + " | ".join(_pm(row[f'{m}_mean'], row[f'{m}_std']) for m in secondary) + " |")
-    lines.append("")
-    lines.append("Mean ± standard deviation over test cases pooled across folds (a case's score is first "
-                 "averaged over its training seeds); ASD is the directed average surface distance "
-                 "prediction → reference in mm; empty masks follow the policy recorded in each metrics "
-                 "row. Spread over folds (seeds): standard deviation of the per-fold (per-seed) mean DSC "
-                 "in points, – with one fold (seed). Rank per seed: the method's DSC rank in this "
-                 "table, seed by seed. CI: bootstrap 95 % interval of the mean DSC over cases. p: "
-                 "two-sided paired Wilcoxon signed-rank test of the case DSCs against the reference "
-                 "row over the same seeds, folds and cases, Holm-corrected over the rows; * p < 0.05. "
-                 "ASSD, HD95 and NSD (at the tolerance recorded in the metrics rows) are for the mean "
-                 "over classes.")
+    if not secondary:
+        return [main]
+    names = {"assd": "ASSD (mm) ↓", "hd95": "HD95 (mm) ↓", "nsd": "NSD ↑"}
+    extra = [["Methods"] + [names[m] for m in secondary]]
+    for _, row in summary.iterrows():
+        extra.append([str(row["name"])] + [_pm(row[f"{m}_mean"], row[f"{m}_std"]) for m in secondary])
+    return [main, extra]
+
+
+def to_markdown(summary: pd.DataFrame, title: str) -> str:
+    lines = [f"### {title}"]
+    for cells in displayed_cells(summary):
+        lines += ["", "| " + " | ".join(cells[0]) + " |", "|" + "---|" * len(cells[0])]
+        lines += ["| " + " | ".join(row) + " |" for row in cells[1:]]
+    lines += ["", TABLE_NOTE]
     return "\n".join(lines) + "\n"
+
+
+def to_html(summary: pd.DataFrame, title: str) -> str:
+    """The Markdown table as a standalone HTML page: what ``snakemake --report`` shows (it offers
+    CSV, Markdown and LaTeX only as downloads)."""
+    parts = []
+    for cells in displayed_cells(summary):
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in cells[0])
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in cells[1:])
+        parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+    style = ("body{font-family:sans-serif;font-size:13px;margin:1em}table{border-collapse:collapse;margin-bottom:1em}"
+             "th,td{border:1px solid #bbb;padding:3px 6px;text-align:right}th:first-child,td:first-child"
+             "{text-align:left}th{background:#eee}p{max-width:60em}")
+    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{style}</style></head>\n<body><h3>{html.escape(title)}</h3>\n" + "\n".join(parts)
+            + f"\n<p>{html.escape(TABLE_NOTE)}</p></body></html>\n")
 
 
 def to_latex(summary: pd.DataFrame, title: str) -> str:
@@ -287,14 +318,14 @@ def write_tables(files: list[Path], out: Path, order: list[str] | None = None,
     placed = data.assign(table=data["table"].str.split(";")).explode("table")  # a row may fill several
     for table, part in placed.groupby("table", sort=True):
         summary = summarise(part, order, table_reference(reference, part["method"].unique()))
-        csv_path, md_path, tex_path = (out / f"{table}.{ext}" for ext in ("csv", "md", "tex"))
+        csv_path = out / f"{table}.csv"
         with atomic_path(csv_path) as tmp:
             summary.to_csv(tmp, index=False, float_format="%.4f")
-        with atomic_path(md_path) as tmp:
-            tmp.write_text(to_markdown(summary, str(table)))
-        with atomic_path(tex_path) as tmp:
-            tmp.write_text(to_latex(summary, str(table)))
-        written += [csv_path, md_path, tex_path]
+        written.append(csv_path)
+        for ext, render in (("md", to_markdown), ("tex", to_latex), ("html", to_html)):
+            with atomic_path(out / f"{table}.{ext}") as tmp:
+                tmp.write_text(render(summary, str(table)))
+            written.append(out / f"{table}.{ext}")
         if str(table).startswith("fig"):
             figure = out.parent / "figures" / f"{table}.png"
             figure.parent.mkdir(parents=True, exist_ok=True)

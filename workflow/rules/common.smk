@@ -291,8 +291,16 @@ def table_names():
 def table_outputs():
     """Every file `cmfnet tables` writes for this config: a declared output and a target each."""
     tables = table_names()
-    files = expand("results/tables/{table}.{ext}", table=tables, ext=["csv", "md", "tex"])
+    files = expand("results/tables/{table}.{ext}", table=tables, ext=["csv", "md", "tex", "html"])
     return files + expand("results/figures/{table}.png", table=[t for t in tables if t.startswith("fig")])
+
+
+def reported_table(path):
+    """A table output as the report lists it: shown (HTML page, PNG figure) or offered as a
+    download (CSV, Markdown, LaTeX), labelled by table and format."""
+    path = Path(path)
+    return report(str(path), caption="../report/tables.rst", category="Figures" if path.suffix == ".png" else "Tables",
+                  subcategory=path.stem, labels={"table": path.stem, "format": path.suffix.lstrip(".")})
 
 
 def tables_code():

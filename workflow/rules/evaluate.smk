@@ -29,7 +29,7 @@ rule tables:
         metrics=metrics_files(),
         code=tables_code(),
     output:
-        tables=[report(f, caption="../report/tables.rst", category="Tables") for f in table_outputs()],
+        tables=[reported_table(f) for f in table_outputs()],
         provenance="results/tables/provenance.json",
     log:
         "logs/tables.log",
