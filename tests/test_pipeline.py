@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -11,6 +12,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import report_check  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
@@ -65,10 +69,17 @@ def workdir_with(tmp_path: Path, extra_methods: dict[str, str] | None = None) ->
     return work
 
 
-def test_smoke_pipeline_writes_table1(tmp_path: Path) -> None:
-    work = workdir_with(tmp_path)
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One run of the smoke preset, shared by the tests that read its outputs."""
+    work = workdir_with(tmp_path_factory.mktemp("smoke"))
     result = run_snakemake(work)
     assert result.returncode == 0, result.stderr[-4000:]
+    return work
+
+
+def test_smoke_pipeline_writes_table1(smoke_run: Path) -> None:
+    work = smoke_run
     table = pd.read_csv(work / "results" / "tables" / "table1.csv")
     assert table["name"].tolist() == ["FullySup", "pCE"]
     assert table["data"].tolist() == ["masks", "scribbles"]
@@ -82,6 +93,32 @@ def test_smoke_pipeline_writes_table1(tmp_path: Path) -> None:
     # a second run has nothing to do: outputs are complete and up to date
     again = run_snakemake(work, "--dry-run", "--quiet")
     assert again.returncode == 0 and "train" not in again.stdout
+
+
+def test_report_shows_every_table_and_figure_in_a_browser(smoke_run: Path) -> None:
+    """`snakemake --report` bundles every table and figure; where Chromium is installed (CI
+    installs it), a real browser shows each figure loaded and each table page with its rows."""
+    work = smoke_run
+    report = work / "report.html"
+    made = run_snakemake(work, "--report", str(report))
+    assert made.returncode == 0, made.stderr[-4000:]
+    chromium = report_check.find_chromium()
+    if chromium is None:
+        pytest.skip("the report was made; no Chromium here to open it (set CHROMIUM or install chromium)")
+    verdict = report_check.check_report(report, work / "screenshots", chromium)
+    shown = {row["path"]: row for row in verdict["results"]}
+    for expected in ("results/tables/table1.html", "results/figures/curves.png"):
+        assert any(path.endswith(expected) for path in shown), f"{expected} not in the report: {sorted(shown)}"
+    failed = [row for row in verdict["results"] if row["ok"] is False]
+    assert not failed, failed
+    assert all(Path(row["screenshot"]).stat().st_size > 10_000 for row in verdict["results"] if "screenshot" in row)
+    # the check can fail: a figure whose PNG does not decode is reported as not loaded
+    broken = work / "broken-report.html"
+    text = report.read_text(encoding="utf-8")
+    corrupted, count = re.subn(r'(data:image/png;[^"]*?base64,)iVBOR', r"\1AAAAA", text, count=1)  # PNG magic
+    assert count == 1
+    broken.write_text(corrupted, encoding="utf-8")
+    assert [row["ok"] for row in report_check.check_report(broken, None, chromium)["results"]].count(False) == 1
 
 
 def test_a_new_method_is_one_module_and_one_card(tmp_path: Path) -> None:
