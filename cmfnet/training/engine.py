@@ -90,6 +90,30 @@ def versions() -> dict[str, str]:
             "simpleitk": SimpleITK.Version.VersionString()}
 
 
+def model_meta(card: Card, config: TrainConfig, dataset: Dataset, fold: int, channels: list[int],
+               **fields: Any) -> dict[str, Any]:
+    """``meta.json``'s record of one training: what every trainer states alike, then ``fields``
+    (cases, selection, spacing, ...) that only the trainer knows. One builder for the engine and
+    external frameworks, so ``cmfnet predict`` and the tables read one schema."""
+    return {"card": card.to_dict(), "card_path": str(card.path), "method_id": card.id,
+            "train": config.settings(), "fold": fold, "dataset": dataset.name,
+            "dataset_path": str(dataset.root), "num_classes": dataset.num_classes, "channels": channels,
+            "channel_names": [dataset.channels[c] for c in channels],
+            "normalization": dataset.meta.get("normalization", {}), "seed": config.seed,
+            "versions": versions(), "format": FORMAT_VERSION} | fields
+
+
+def write_trained_model(out: Path, weights: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    """Write ``meta.json`` and ``model.pt`` atomically; return the meta as stored. Plain JSON types
+    only, so the file loads with ``weights_only=True``."""
+    meta = json.loads(json.dumps(meta))
+    write_json(meta, out / "meta.json")
+    with atomic_path(out / "model.pt") as tmp:
+        torch.save({"format": FORMAT_VERSION, "meta": meta,
+                    "weights": {k: v.detach().cpu() for k, v in weights.items()}}, tmp)
+    return meta
+
+
 def _dice_foreground(pred: np.ndarray, reference: np.ndarray, num_classes: int) -> float:
     """Mean foreground Dice over labelled voxels of ``reference`` (255 ignored)."""
     keep = reference != IGNORE
@@ -462,22 +486,14 @@ class Trainer:
         final_state = self.best_state if self.best_state is not None else {
             k: v.detach().cpu() for k, v in final_model.state_dict().items()}
         selected = self.best["iteration"] if self.best_state is not None else self.iteration
-        meta = {"card": self.card.to_dict(), "card_path": str(self.card.path), "method_id": self.card.id,
-                "train": self.config.settings(), "max_iterations": self.max_iterations,
-                "fold": self.fold, "dataset": self.dataset.name, "dataset_path": str(self.dataset.root),
-                "train_cases": self.train_cases, "labelled_cases": self.labelled_cases, "val_cases": self.val_cases,
-                "num_classes": self.num_classes, "channels": self.channels,
-                "channel_names": self.channel_names, "normalization": self.normalization,
-                "spacing": list(self.spacing), "patch_size": self.config.patch_size,
-                "size_divisor": self.size_divisor, "seed": self.config.seed,
-                "selection": self.config.selection, "selected_iteration": selected,
-                "selected_val_dice": self.best["score"] if self.best["iteration"] == selected else None,
-                "seconds": round(seconds, 1), "device": str(self.device), "versions": versions(),
-                "state_hash": self.state_hash, "format": FORMAT_VERSION}
-        meta = json.loads(json.dumps(meta))  # plain types only: loadable with weights_only=True
-        write_json(meta, self.out / "meta.json")
-        with atomic_path(self.out / "model.pt") as tmp:
-            torch.save({"format": FORMAT_VERSION, "weights": final_state, "meta": meta}, tmp)
+        meta = write_trained_model(self.out, final_state, model_meta(
+            self.card, self.config, self.dataset, self.fold, self.channels,
+            max_iterations=self.max_iterations, train_cases=self.train_cases,
+            labelled_cases=self.labelled_cases, val_cases=self.val_cases, spacing=list(self.spacing),
+            patch_size=self.config.patch_size, size_divisor=self.size_divisor,
+            selection=self.config.selection, selected_iteration=selected,
+            selected_val_dice=self.best["score"] if self.best["iteration"] == selected else None,
+            seconds=round(seconds, 1), device=str(self.device), state_hash=self.state_hash))
         (self.out / "last.pt").unlink(missing_ok=True)
         score = meta["selected_val_dice"]
         self.log(f"done in {seconds:.0f} s; selected iteration {selected} ({self.config.selection})"

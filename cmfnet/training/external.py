@@ -4,7 +4,6 @@ predict``, the pipeline and ``cmfnet evaluate`` treat the model like every other
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -12,13 +11,12 @@ from typing import Any
 import torch
 
 from cmfnet.data.dataset import Dataset
-from cmfnet.data.io import atomic_path, remove_leftover_partials, write_json
+from cmfnet.data.io import remove_leftover_partials
 from cmfnet.errors import InputError
 from cmfnet.training.config import TrainConfig
 from cmfnet.training.contract import ExternalMethod, ExternalRun
 from cmfnet.training.device import resolve_device
-from cmfnet.training.engine import seed_everything, state_hash, versions
-from cmfnet.training.model import FORMAT_VERSION
+from cmfnet.training.engine import model_meta, seed_everything, state_hash, versions, write_trained_model
 from cmfnet.training.train_log import TrainLog
 
 
@@ -52,24 +50,16 @@ def fit_external(method: ExternalMethod, dataset: Dataset, fold: int, out: Path,
         train_log.append(row)
     if not all(isinstance(v, torch.Tensor) for v in weights.values()):
         raise TypeError(f"{type(method).__name__}.fit must return a state dict of tensors")
-    meta = {"card": card.to_dict(), "card_path": str(card.path), "method_id": card.id,
-            "train": config.settings(), "max_iterations": int(external.get("iterations", 0)),
-            "fold": fold, "dataset": dataset.name, "dataset_path": str(dataset.root),
-            "train_cases": list(split["train"]), "labelled_cases": list(split["train"]),
-            "val_cases": list(split.get("val", [])), "num_classes": dataset.num_classes,
-            "channels": channels, "channel_names": [dataset.channels[c] for c in channels],
-            "normalization": dataset.meta.get("normalization", {}),
-            # the framework resamples itself: no model spacing for `cmfnet predict` to resample to
-            "spacing": None, "patch_size": list(external.get("patch_size", [])), "size_divisor": 1,
-            "seed": config.seed, "selection": "last", "selected_iteration": int(external.get("iterations", 0)),
-            "selected_val_dice": None, "seconds": round(time.time() - started, 1), "device": str(torch_device),
-            "versions": {**versions(), **external.get("versions", {})},
-            "state_hash": external_state_hash(method, config, fold, dataset), "format": FORMAT_VERSION,
-            "external": external}
-    meta = json.loads(json.dumps(meta))  # plain types only: loadable with weights_only=True
-    write_json(meta, out / "meta.json")
-    with atomic_path(out / "model.pt") as tmp:
-        torch.save({"format": FORMAT_VERSION, "weights": {k: v.detach().cpu() for k, v in weights.items()},
-                    "meta": meta}, tmp)
+    iterations = int(external.get("iterations", 0))
+    meta = write_trained_model(out, weights, model_meta(
+        card, config, dataset, fold, channels, max_iterations=iterations,
+        train_cases=list(split["train"]), labelled_cases=list(split["train"]),
+        val_cases=list(split.get("val", [])),
+        # the framework resamples itself: no model spacing for `cmfnet predict` to resample to
+        spacing=None, patch_size=list(external.get("patch_size", [])), size_divisor=1,
+        selection="last", selected_iteration=iterations, selected_val_dice=None,
+        seconds=round(time.time() - started, 1), device=str(torch_device),
+        versions={**versions(), **external.get("versions", {})},
+        state_hash=external_state_hash(method, config, fold, dataset), external=external))
     log(f"done in {meta['seconds']:.0f} s -> {out / 'model.pt'}")
     return meta
