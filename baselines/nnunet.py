@@ -20,8 +20,10 @@ How one fold becomes a row (an :class:`~cmfnet.training.contract.ExternalMethod`
    Dice here, the final weights are kept. ``splits_final.json`` makes nnU-Net's fold 0 exactly our
    fold's train/val.
 2. nnU-Net's fingerprint, planner (``ExperimentPlanner``) and preprocessor for one configuration
-   (3d_fullres), one process, with ``nnUNet_raw``/``_preprocessed``/``_results`` pointing into the
-   work folder (set before nnU-Net is imported; 2.8.1 also reads them at use).
+   (3d_fullres), one process. The fingerprint is taken before the validation cases are exported,
+   so their labels never shape the normalisation or the plans (nnU-Net's CT scheme clips at
+   percentiles of the intensities under the labels). ``nnUNet_raw``/``_preprocessed``/``_results``
+   point into the work folder (set before nnU-Net is imported; 2.8.1 also reads them at use).
 3. ``nnUNetTrainer`` itself, subclassed only to take the schedule from the card's params
    (nnU-Net's 1000 epochs x 250 iterations, 50 validation iterations by default; the CPU smoke
    test sets 1 x 2), driven in-process: nnU-Net's CLI only finds trainer classes in its package.
@@ -86,23 +88,29 @@ def _link(source: Path, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
-def export_fold(run: ExternalRun, supervision: str, variant: str, raw: Path) -> dict[str, Any]:
-    """Our fold as an nnU-Net raw dataset in ``raw``; returns nnU-Net's fold 0 ({train, val})."""
-    dataset = run.dataset
-    split = dataset.split(run.fold)
+def nnunet_fold(run: ExternalRun) -> dict[str, list[str]]:
+    """Our fold as nnU-Net's fold 0 ({train, val}); never a test case."""
+    split = run.dataset.split(run.fold)
     train = list(split["train"])
     val = list(split.get("val") or []) or train  # nnU-Net needs validation cases: the training ones then
-    cases = list(dict.fromkeys(train + val))
-    assert not set(cases) & set(split.get("test", [])), "a test case would be exported"
+    assert not set(train + val) & set(split.get("test", [])), "a test case would be exported"
+    return {"train": train, "val": val}
+
+
+def export_cases(run: ExternalRun, cases: list[str], raw: Path, *, dense: bool, variant: str,
+                 ignore_label: bool) -> None:
+    """Add ``cases`` to the nnU-Net raw dataset in ``raw``, with dense masks or with ``variant``'s
+    scribbles (our 255 as nnU-Net's ignore label), and rewrite its ``dataset.json`` for every case
+    exported so far; ``ignore_label`` declares that label (any case has or will have scribbles)."""
+    dataset = run.dataset
     num_classes = dataset.num_classes
     folder = raw / DATASET_NAME
-    (folder / "imagesTr").mkdir(parents=True)
-    (folder / "labelsTr").mkdir()
+    (folder / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (folder / "labelsTr").mkdir(exist_ok=True)
     for case in cases:
         paths = dataset.image_paths(case)
         for index, channel in enumerate(run.channels):
             _link(paths[channel], folder / "imagesTr" / f"{case}_{index:04d}.nii.gz")
-        dense = supervision == "mask" or (case not in train and run.config.val_reference == "label")
         if dense:
             label = dataset.load_label(case)
         else:
@@ -110,12 +118,11 @@ def export_fold(run: ExternalRun, supervision: str, variant: str, raw: Path) -> 
             label = np.where(label == IGNORE, num_classes, label).astype(np.uint8)  # 255 -> ignore label
         write_image(label, folder / "labelsTr" / f"{case}.nii.gz", dataset.geometry(case))
     labels = dict(sorted(dataset.labels.items(), key=lambda item: item[1]))
-    if supervision != "mask":
+    if ignore_label:
         labels["ignore"] = num_classes  # nnU-Net's rule: the ignore label is the highest integer label
     write_json({"channel_names": {str(i): dataset.channels[c] for i, c in enumerate(run.channels)},
-                "labels": labels, "numTraining": len(cases), "file_ending": ".nii.gz"},
-               folder / "dataset.json")
-    return {"train": train, "val": val}
+                "labels": labels, "numTraining": len(list((folder / "labelsTr").glob("*.nii.gz"))),
+                "file_ending": ".nii.gz"}, folder / "dataset.json")
 
 
 @contextlib.contextmanager
@@ -178,17 +185,24 @@ class NnUNet(ExternalMethod):
         work = Path(run.out) / "nnunet"
         shutil.rmtree(work, ignore_errors=True)  # a rerun starts afresh: nnU-Net's state is not resumed
         paths = set_nnunet_paths(work)
-        fold = export_fold(run, card.supervision, card.scribble_variant, paths["nnUNet_raw"])
-        run.log(f"exported {len(fold['train'])} training and {len(fold['val'])} validation cases "
-                f"to {paths['nnUNet_raw'] / DATASET_NAME}")
-
         import nnunetv2
         from nnunetv2.experiment_planning.plan_and_preprocess_api import (extract_fingerprints, plan_experiments,
                                                                           preprocess)
 
+        fold, raw = nnunet_fold(run), paths["nnUNet_raw"]
+        scribbles = card.supervision != "mask"
+        export_cases(run, fold["train"], raw, dense=not scribbles, variant=card.scribble_variant,
+                     ignore_label=scribbles)
         configuration = self.params["configuration"]
         threads = torch.get_num_threads()  # the planner sets torch's threads to nnUNet_n_proc_DA's
+        # the fingerprint (spacing, shapes, CT intensity statistics under the labels) sees the
+        # training cases only: validation labels choose nothing here, as in the engine
         extract_fingerprints([DATASET_ID], num_processes=1, check_dataset_integrity=True, verbose=False)
+        held_out = [case for case in fold["val"] if case not in fold["train"]]
+        export_cases(run, held_out, raw, dense=not scribbles or run.config.val_reference == "label",
+                     variant=card.scribble_variant, ignore_label=scribbles)
+        run.log(f"exported {len(fold['train'])} training and {len(held_out)} validation cases "
+                f"to {raw / DATASET_NAME}")
         plan_experiments([DATASET_ID])
         preprocess([DATASET_ID], PLANS, (configuration,), (1,), verbose=False)
         torch.set_num_threads(threads)

@@ -74,8 +74,12 @@ def test_nnunet_pl_trains_predicts_and_is_evaluated_like_every_row(tmp_path: Pat
     scribble = dataset.load_scribble(case, "sim")
     assert np.array_equal(label == 2, scribble == IGNORE)
     assert np.array_equal(label[scribble != IGNORE], scribble[scribble != IGNORE])
-    splits = json.loads((out / "nnunet" / "preprocessed" / "Dataset999_cmfnet" / "splits_final.json").read_text())
+    preprocessed = out / "nnunet" / "preprocessed" / "Dataset999_cmfnet"
+    splits = json.loads((preprocessed / "splits_final.json").read_text())
     assert splits == [{"train": split["train"], "val": split["val"]}]
+    # the fingerprint (CT clipping percentiles under the labels) saw the training cases only
+    fingerprint = json.loads((preprocessed / "dataset_fingerprint.json").read_text())
+    assert len(fingerprint["spacings"]) == len(split["train"])
 
     # the training log `cmfnet curves` reads for every model: one row per nnU-Net epoch
     with open(out / "train_log.csv", newline="") as handle:
