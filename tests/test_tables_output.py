@@ -349,3 +349,20 @@ def test_tables_command_errors_say_what_to_give(args: list[str], message: str, t
     assert cli.main(["tables", *args, "--out", "t"]) == 2
     assert capsys.readouterr().err.strip() == f"cmfnet tables: error: {message}"
     assert not (tmp_path / "t").exists()  # nothing half-written
+
+
+def test_an_ablation_table_tests_against_the_row_that_reads_the_reference_model(tmp_path: Path) -> None:
+    """Table VI's full row has another method id than CmFNet but the same trained models (config
+    hashes): it becomes the table's reference; a table with no such single row gets no tests."""
+    full = [0.6, 0.7, 0.8, 0.5, 0.65, 0.75]
+    rows = [row("cmfnet", "CmFNet", f"c{i}", d, config="h-full") for i, d in enumerate(full)]
+    rows += [row("t6.full", "Full", f"c{i}", d, config="h-full", table="table6") for i, d in enumerate(full)]
+    rows += [row("t6.mfl", "MFL", f"c{i}", d - 0.2, config="h-mfl", table="table6") for i, d in enumerate(full)]
+    rows += [row(m, m, f"c{i}", d, config="h-other", table="table9") for m in ("x", "y") for i, d in enumerate(full)]
+    write_tables([rows_csv(tmp_path / "m.csv", rows)], tmp_path / "out")
+    table6 = pd.read_csv(tmp_path / "out" / "table6.csv").set_index("method")
+    assert set(table6["reference"]) == {"t6.full"}
+    assert table6.loc["t6.mfl", "p_vs_reference"] == pytest.approx(2 / 2**6, abs=1e-4)  # 6 of 6 lower (CSV: 4 decimals)
+    assert "p vs Full (Holm)" in (tmp_path / "out" / "table6.md").read_text()
+    table9 = pd.read_csv(tmp_path / "out" / "table9.csv")
+    assert table9["reference"].isna().all() and "p vs" not in (tmp_path / "out" / "table9.md").read_text()

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import html
-from collections.abc import Iterable
 from pathlib import Path
 
 import matplotlib
@@ -300,14 +299,23 @@ def chosen_metric_files(results: Path | None, metrics: list[Path] | None) -> lis
     return metrics or metric_files(results)
 
 
-def table_reference(reference: str | None, methods: Iterable[str]) -> str | None:
-    """The row a table's paired tests compare with: the row ``reference``, or else the one row of
-    that card in this table (a semi table holds ``<card>+<fraction>`` rows of a single fraction)."""
-    methods = list(methods)
+def table_reference(reference: str | None, part: pd.DataFrame, data: pd.DataFrame) -> str | None:
+    """The row a table's paired tests compare with: the row ``reference``; else the one row of
+    that card in this table (a semi table holds ``<card>+<fraction>`` rows of a single fraction);
+    else the one row that reads the reference's own trained models, by their config hashes (an
+    ablation table's full-model row: Table VI's MFL + CFE + CFF is CmFNet's model)."""
+    methods = list(part["method"].unique())
     if reference is None or reference in methods:
         return reference
     of_card = [m for m in methods if m.split("+")[0] == reference]
-    return of_card[0] if len(of_card) == 1 else reference
+    if len(of_card) == 1:
+        return of_card[0]
+    if "config" in data and reference in set(data["method"]):
+        configs = part.groupby("method")["config"].agg(frozenset)
+        same = configs[configs == frozenset(data.loc[data["method"] == reference, "config"])].index
+        if len(same) == 1:
+            return str(same[0])
+    return reference
 
 
 def write_tables(files: list[Path], out: Path, order: list[str] | None = None,
@@ -317,7 +325,7 @@ def write_tables(files: list[Path], out: Path, order: list[str] | None = None,
     written = []
     placed = data.assign(table=data["table"].str.split(";")).explode("table")  # a row may fill several
     for table, part in placed.groupby("table", sort=True):
-        summary = summarise(part, order, table_reference(reference, part["method"].unique()))
+        summary = summarise(part, order, table_reference(reference, part, data))
         csv_path = out / f"{table}.csv"
         with atomic_path(csv_path) as tmp:
             summary.to_csv(tmp, index=False, float_format="%.4f")
