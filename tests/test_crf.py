@@ -122,3 +122,56 @@ def test_mismatched_grids_are_refused() -> None:
     logits, features = random_inputs(seed=11)
     with pytest.raises(ValueError, match="share B and the grid"):
         gated_crf_loss(torch.softmax(logits, 1), features[..., :-1], (1.0, 1.0, 1.0))
+
+
+@pytest.mark.parametrize("downsample", [(1, 2, 2), (2, 1, 1), (1, 2, 1), (1, 1, 2)])
+def test_an_odd_grid_is_pooled_with_its_partial_last_window(downsample: tuple[int, int, int]) -> None:
+    """ceil_mode: the last, partial window of an odd grid is kept (5 x 7 x 7 pools to 3 x 4 x 4 by
+    2), and every factor pattern pools, not only the default (1, 2, 2)."""
+    logits, features = random_inputs(seed=12, shape=(5, 7, 7))
+    ours = multiview_crf_loss(logits, features, (3.0, 1.0, 1.0), downsample=downsample, radius=2,
+                              sigma_xy_mm=4.0, sigma_intensity=0.2)
+    pool = dict(kernel_size=downsample, stride=downsample, ceil_mode=True)
+    spacing = [s * k for s, k in zip((3.0, 1.0, 1.0), downsample)]
+    expected = gated_crf_loss(torch.softmax(F.avg_pool3d(logits, **pool), 1), F.avg_pool3d(features, **pool),
+                              spacing, radius=2, sigma_xy_mm=4.0, sigma_intensity=0.2)
+    torch.testing.assert_close(ours, expected)
+
+
+def test_defaults_are_the_reference_bandwidths() -> None:
+    """radius 5, sigma_xy 15 mm, sigma_intensity 0.1: PA-Seg's and WSL4MIS's values
+    (docs/reference-methods.md); the CmFNet plugin relies on these defaults."""
+    logits, features = random_inputs(seed=13, shape=(4, 16, 16))  # pooled 8 wide: radius 6 would differ
+    probs = torch.softmax(logits, 1)
+    explicit = gated_crf_loss(probs, features, (1.0, 1.0, 1.0), radius=5, sigma_xy_mm=15.0, sigma_intensity=0.1)
+    torch.testing.assert_close(gated_crf_loss(probs, features, (1.0, 1.0, 1.0)), explicit)
+    torch.testing.assert_close(multiview_crf_loss(logits, features, (1.0, 1.0, 1.0)),
+                               multiview_crf_loss(logits, features, (1.0, 1.0, 1.0), downsample=(1, 2, 2),
+                                                  radius=5, sigma_xy_mm=15.0, sigma_intensity=0.1))
+
+
+@pytest.mark.parametrize("cut", ["batch", "dims"])
+def test_each_shape_mismatch_alone_is_refused_with_both_shapes(cut: str) -> None:
+    logits, features = random_inputs(seed=14)
+    probs = torch.softmax(logits, 1)
+    bad = features[:1] if cut == "batch" else features[0]
+    with pytest.raises(ValueError) as err:
+        gated_crf_loss(probs, bad, (1.0, 1.0, 1.0))
+    assert str(err.value) == ("probs (B, C, z, y, x) and features (B, F, z, y, x) must share B and the grid; "
+                              f"got {tuple(probs.shape)} and {tuple(bad.shape)}")
+
+
+@pytest.mark.parametrize("views", [(), ("axial", "oblique")])
+def test_unknown_or_no_views_are_refused_naming_them(views: tuple[str, ...]) -> None:
+    logits, features = random_inputs(seed=15)
+    with pytest.raises(ValueError) as err:
+        gated_crf_loss(torch.softmax(logits, 1), features, (1.0, 1.0, 1.0), views=views)
+    assert str(err.value) == f"views must be a non-empty subset of {list(VIEWS)}, got {list(views)}"
+
+
+@pytest.mark.parametrize("downsample", [(1, 2), (1, 0, 2)])
+def test_bad_downsample_is_refused_naming_it(downsample: tuple[int, ...]) -> None:
+    logits, features = random_inputs(seed=16)
+    with pytest.raises(ValueError) as err:
+        multiview_crf_loss(logits, features, (1.0, 1.0, 1.0), downsample=downsample)
+    assert str(err.value) == f"downsample must be three factors >= 1 (z, y, x), got {list(downsample)}"
