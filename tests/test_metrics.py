@@ -282,7 +282,7 @@ def make_dataset(root: Path, cases: dict[str, np.ndarray]) -> None:
 def test_rows_and_versions_do_not_need_medpy(tmp_path: Path, evaluate_cli, monkeypatch) -> None:
     """medpy is GPL and only a test dependency: with it unimportable a model's versions and a
     metrics row are still written, and no row names a medpy version."""
-    from cmfnet.training.engine import versions
+    from cmfnet.training.model import versions
 
     monkeypatch.setitem(sys.modules, "medpy", None)  # `import medpy` now raises ImportError
     assert "medpy" not in versions() and versions()["cmfnet"] == cmfnet.__version__

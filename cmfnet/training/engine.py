@@ -43,7 +43,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 import random
 import sys
 import time
@@ -56,7 +55,7 @@ from torch import nn
 from tqdm import tqdm
 
 from cmfnet import __version__
-from cmfnet.data.io import IGNORE, Geometry, atomic_path, remove_leftover_partials, write_json
+from cmfnet.data.io import IGNORE, Geometry, atomic_path, remove_leftover_partials
 from cmfnet.data.dataset import Dataset
 from cmfnet.data.normalize import normalize_image
 from cmfnet.errors import InputError
@@ -64,7 +63,7 @@ from cmfnet.training.cards import Card
 from cmfnet.training.config import TrainConfig
 from cmfnet.training.contract import Batch, Method, StepInfo, TrainingContext
 from cmfnet.training.device import amp_dtype, mixed_precision, resolve_device
-from cmfnet.training.model import FORMAT_VERSION
+from cmfnet.training.model import FORMAT_VERSION, model_meta, write_trained_model
 from cmfnet.training.plugins import load_method
 from cmfnet.training.sampling import TrainVolume, pad_volume
 from cmfnet.training.semi import labelled_cases, make_sampler, training_target
@@ -79,39 +78,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def versions() -> dict[str, str]:
-    """Versions recorded with every model and results row."""
-    import SimpleITK
-
-    return {"cmfnet": __version__, "python": platform.python_version(), "torch": str(torch.__version__),
-            "cuda": torch.version.cuda or "none", "numpy": np.__version__,
-            "simpleitk": SimpleITK.Version.VersionString()}
-
-
-def model_meta(card: Card, config: TrainConfig, dataset: Dataset, fold: int, channels: list[int],
-               **fields: Any) -> dict[str, Any]:
-    """``meta.json``'s record of one training: what every trainer states alike, then ``fields``
-    (cases, selection, spacing, ...) that only the trainer knows. One builder for the engine and
-    external frameworks, so ``cmfnet predict`` and the tables read one schema."""
-    return {"card": card.to_dict(), "card_path": str(card.path), "method_id": card.id,
-            "train": config.settings(), "fold": fold, "dataset": dataset.name,
-            "dataset_path": str(dataset.root), "num_classes": dataset.num_classes, "channels": channels,
-            "channel_names": [dataset.channels[c] for c in channels],
-            "normalization": dataset.meta.get("normalization", {}), "seed": config.seed,
-            "versions": versions(), "format": FORMAT_VERSION} | fields
-
-
-def write_trained_model(out: Path, weights: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
-    """Write ``meta.json`` and ``model.pt`` atomically; return the meta as stored. Plain JSON types
-    only, so the file loads with ``weights_only=True``."""
-    meta = json.loads(json.dumps(meta))
-    write_json(meta, out / "meta.json")
-    with atomic_path(out / "model.pt") as tmp:
-        torch.save({"format": FORMAT_VERSION, "meta": meta,
-                    "weights": {k: v.detach().cpu() for k, v in weights.items()}}, tmp)
-    return meta
 
 
 def _dice_foreground(pred: np.ndarray, reference: np.ndarray, num_classes: int) -> float:
@@ -499,7 +465,3 @@ class Trainer:
         self.log(f"done in {seconds:.0f} s; selected iteration {selected} ({self.config.selection})"
                  + (f", val Dice {score:.4f}" if score is not None else ""))
         return meta
-
-
-
-

@@ -16,7 +16,8 @@ from cmfnet.errors import InputError
 from cmfnet.training.config import TrainConfig
 from cmfnet.training.contract import ExternalMethod, ExternalRun
 from cmfnet.training.device import resolve_device
-from cmfnet.training.engine import model_meta, seed_everything, state_hash, versions, write_trained_model
+from cmfnet.training.engine import seed_everything, state_hash
+from cmfnet.training.model import model_meta, versions, write_trained_model
 from cmfnet.training.train_log import TrainLog
 
 

@@ -1,11 +1,14 @@
 """``model.pt``: its format, its checks, and :class:`TrainedModel`, a trained model ready to segment.
 
-The engine writes the file (:mod:`cmfnet.training.engine`); ``cmfnet predict`` reads it. Both go
-through here, so the format is defined in one place.
+The engine and external frameworks write the file (:func:`write_trained_model`, with the record
+of :func:`model_meta`); ``cmfnet predict`` reads it. All go through here, so the format is
+defined in one place.
 """
 
 from __future__ import annotations
 
+import json
+import platform
 import re
 import sys
 from pathlib import Path
@@ -17,9 +20,11 @@ from torch import nn
 
 from cmfnet import __version__
 from cmfnet.data.dataset import Dataset
+from cmfnet.data.io import atomic_path, write_json
 from cmfnet.data.normalize import normalize_image
 from cmfnet.errors import InputError
 from cmfnet.training.cards import Card, parse_override
+from cmfnet.training.config import TrainConfig
 from cmfnet.training.contract import ExternalMethod, Method
 from cmfnet.training.device import mixed_precision
 from cmfnet.training.plugins import load_method
@@ -29,6 +34,39 @@ from cmfnet.training.sliding_window import sliding_window_probabilities
 #: layout version of model.pt and last.pt; a file with another version is refused (model.pt) or
 #: not resumed from (last.pt). Raise it whenever what the files hold changes incompatibly.
 FORMAT_VERSION = 1
+
+
+def versions() -> dict[str, str]:
+    """Versions recorded with every model and results row."""
+    import SimpleITK
+
+    return {"cmfnet": __version__, "python": platform.python_version(), "torch": str(torch.__version__),
+            "cuda": torch.version.cuda or "none", "numpy": np.__version__,
+            "simpleitk": SimpleITK.Version.VersionString()}
+
+
+def model_meta(card: Card, config: TrainConfig, dataset: Dataset, fold: int, channels: list[int],
+               **fields: Any) -> dict[str, Any]:
+    """``meta.json``'s record of one training: what every trainer states alike, then ``fields``
+    (cases, selection, spacing, ...) that only the trainer knows. One builder for the engine and
+    external frameworks, so ``cmfnet predict`` and the tables read one schema."""
+    return {"card": card.to_dict(), "card_path": str(card.path), "method_id": card.id,
+            "train": config.settings(), "fold": fold, "dataset": dataset.name,
+            "dataset_path": str(dataset.root), "num_classes": dataset.num_classes, "channels": channels,
+            "channel_names": [dataset.channels[c] for c in channels],
+            "normalization": dataset.meta.get("normalization", {}), "seed": config.seed,
+            "versions": versions(), "format": FORMAT_VERSION} | fields
+
+
+def write_trained_model(out: Path, weights: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    """Write ``meta.json`` and ``model.pt`` atomically; return the meta as stored. Plain JSON types
+    only, so the file loads with ``weights_only=True``."""
+    meta = json.loads(json.dumps(meta))
+    write_json(meta, out / "meta.json")
+    with atomic_path(out / "model.pt") as tmp:
+        torch.save({"format": FORMAT_VERSION, "meta": meta,
+                    "weights": {k: v.detach().cpu() for k, v in weights.items()}}, tmp)
+    return meta
 
 
 # what TrainedModel needs from model.pt's meta (older files may lack some)
