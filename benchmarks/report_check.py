@@ -13,6 +13,7 @@ buttons do) and writes its verdict into the page; ``--dump-dom`` hands the page 
 from __future__ import annotations
 
 import argparse
+import html
 import json
 import os
 import re
@@ -108,8 +109,7 @@ def check_report(report: Path, screenshots: Path | None = None, binary: str | No
         found = re.search(r'<pre id="report-check-verdict">(.*?)</pre>', dom.stdout, re.S)
         if not found:
             raise RuntimeError(f"{report}: the check did not finish in Chromium: {dom.stderr[-2000:]}")
-        verdict = json.loads(found.group(1).replace("&quot;", '"').replace("&lt;", "<")
-                             .replace("&gt;", ">").replace("&amp;", "&"))
+        verdict = json.loads(html.unescape(found.group(1)))  # --dump-dom escapes the text node
         if screenshots is not None:
             screenshots.mkdir(parents=True, exist_ok=True)
             _chromium(binary, url + "?show=start", f"--screenshot={screenshots / 'report.png'}")
