@@ -18,6 +18,7 @@ Nothing is retrained: editing this module or re-running ``cmfnet tables`` only r
 from __future__ import annotations
 
 import argparse
+import re
 import html
 from pathlib import Path
 
@@ -349,11 +350,12 @@ def run(args: argparse.Namespace) -> int:
     order = args.order.split(",") if args.order else None
     files = chosen_metric_files(args.results, args.metrics)
     reference = None if args.reference == "none" else args.reference
-    for path in write_tables(files, args.out, order, reference):
+    written = write_tables(files, args.out, order, reference)
+    for path in written:
         print(f"wrote {path}")
-    table1 = args.out / "table1.md"
-    if table1.is_file():
-        print(table1.read_text())
+    main = sorted(p for p in written if p.suffix == ".md" and re.fullmatch(r"table\d+", p.stem))
+    if main:  # Table I (NPC data) or Table II (WORD data)
+        print(main[0].read_text())
     return 0
 
 

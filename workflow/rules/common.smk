@@ -65,6 +65,8 @@ wildcard_constraints:
 
 #: every method x fold trains once per seed; tables average a case over its seeds
 SEEDS = config["seeds"]
+#: the table the configured methods fill: Table I on NPC data, Table II on WORD data
+MAIN_TABLE = config["main_table"]
 
 #: a semi-supervised row's id is its card's id, this mark and its labelled fraction
 #: (semi_meanteacher+0.1), so the rows, models and metrics of two fractions never share a path;
@@ -270,21 +272,22 @@ def data_of(method: str) -> str:
 
 
 def tables_of(method: str) -> list[str]:
-    """The tables a row fills: its card's (table1 by default); a semi row its fraction's,
-    semi_<percent> (<card table>_<percent> for a card that names one); and a Table I row trained
-    on masks also every semi table of Table I's semi rows, as their fully supervised upper bound."""
+    """The tables a row fills: its card's (the config's main_table by default); a semi row its
+    fraction's, semi_<percent> (<card table>_<percent> for a card that names one); and a main-table
+    row trained on masks also every semi table of the main table's semi rows, as their fully
+    supervised upper bound."""
     card = card_of(method)
     fraction = split_row(method)[1]
     if fraction is not None:
         return [f"{card.table or 'semi'}_{percent(fraction)}"]
     if card.table is None and card.supervision == "mask" and method in table1_methods():
         semi = dict.fromkeys(tables_of(m)[0] for m in table1_methods() if split_row(m)[1] is not None)
-        return ["table1", *semi]
-    return [card.table or "table1"]
+        return [MAIN_TABLE, *semi]
+    return [card.table or MAIN_TABLE]
 
 
 def table_names():
-    """Every table the configured rows fill (table1, and each table a card or variant file names)."""
+    """Every table the configured rows fill (main_table, and each table a card or variant file names)."""
     return sorted({table for m in all_method_ids() for table in tables_of(m)})
 
 
