@@ -106,10 +106,17 @@ def dataset_dir():
     return f"results/data/{DATASET}"
 
 
+def synth_folds():
+    """The phantom's number of folds: dataset.synth.folds for npc; word has WORD's one fixed split."""
+    synth = config["dataset"]["synth"]
+    return 1 if synth["kind"] == "word" else synth["folds"]
+
+
 def synth_args():
     synth = config["dataset"]["synth"]
     args = f"--kind {synth['kind']} --cases {synth['cases']} --seed {synth['seed']}"
-    args += f" --folds {synth['folds']}"
+    if synth["kind"] != "word":
+        args += f" --folds {synth['folds']}"
     if synth.get("shape"):
         args += " --shape " + " ".join(str(s) for s in synth["shape"])
     return args
@@ -178,7 +185,7 @@ def dataset_folds():
     """(number of folds, where that number comes from), or (None, why not) before an import."""
     source = config["dataset"]["source"]
     if source == "synth":
-        return config["dataset"]["synth"]["folds"], "dataset.synth.folds"
+        return synth_folds(), "dataset.synth.folds (word: its one fixed split)"
     folder = Path(config["dataset"]["path"]) if source == "path" else Path(dataset_dir())
     if source == "path" and not (folder / "dataset.json").is_file():
         raise InputError("config.dataset.path", f"{folder} holds no dataset.json; give the folder that "
