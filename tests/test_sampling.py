@@ -140,3 +140,32 @@ def test_a_case_without_any_labelled_voxel_is_named() -> None:
     sampler = PatchSampler({"npc_007": volume(target)}, [1, 1, 1], 0.5, np.random.default_rng(0))
     with pytest.raises(InputError, match="npc_007.*no labelled voxel"):
         sampler.sample(1)
+
+
+def test_each_foreground_class_a_case_holds_is_drawn_equally_often() -> None:
+    """One spleen voxel beside 98 liver voxels: with the class drawn first, half the
+    foreground-centred patches hold the spleen; drawn by voxel, 1 in 99 would."""
+    target = np.zeros((1, 1, 100), np.uint8)
+    target[0, 0, 1:99] = 1
+    target[0, 0, 99] = 2
+    sampler = PatchSampler({"a": volume(target)}, [1, 1, 1], fg_fraction=1.0, rng=np.random.default_rng(0))
+    drawn = [sampler.sample(1)[1].item() for _ in range(1000)]
+    assert 0 not in drawn and 0.45 <= drawn.count(2) / len(drawn) <= 0.55
+
+
+def test_one_foreground_class_draws_no_class() -> None:
+    """With one foreground class the random stream is a single pool's: the same generator gives
+    the same patches as drawing straight from the foreground voxels."""
+    target = np.zeros((2, 6, 6), np.uint8)
+    target[1, 2:5, 1:4] = 1
+    sampler = PatchSampler({"a": volume(target)}, [1, 2, 2], fg_fraction=1.0, rng=np.random.default_rng(3))
+    fg = np.flatnonzero(target.ravel() == 1)
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        box = sampler.sample(1)[3][0]
+        rng.integers(1)  # the case draw
+        rng.random()  # the foreground coin
+        centre = np.unravel_index(fg[rng.integers(fg.size)], target.shape)
+        starts = [int(rng.integers(max(0, c - p + 1), min(c, s - p) + 1))
+                  for c, p, s in zip(centre, [1, 2, 2], target.shape)]
+        assert [b.start for b in box] == starts

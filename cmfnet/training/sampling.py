@@ -39,7 +39,10 @@ class PatchSampler:
     """Draws patches that always contain labelled voxels.
 
     With probability ``fg_fraction`` a patch is placed around a random foreground-labelled voxel,
-    otherwise around any labelled voxel; the chosen voxel lies anywhere inside the patch. It reads
+    otherwise around any labelled voxel; the chosen voxel lies anywhere inside the patch. With
+    several foreground classes in a case, the class is drawn first, uniformly among those it holds
+    (as nnU-Net does), so that small organs are not drowned by the liver; with one, no class is
+    drawn and the random stream is that of a single pool. It reads
     the engine's volumes as they are when it samples (only ``cases`` of them, when given: the
     engine fills the volumes after making the sampler); :meth:`forget` drops what it indexed of a
     case whose target was replaced.
@@ -52,20 +55,22 @@ class PatchSampler:
         self.fg_fraction = fg_fraction
         self.rng = rng
         self.cases = None if cases is None else sorted(cases)
-        self._index: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+        self._index: dict[str, tuple[np.ndarray, list[np.ndarray]]] = {}
 
     def forget(self, case: str) -> None:
         """The case's target changed (DMSPS stage 2): index its labelled voxels anew."""
         self._index.pop(case, None)
 
-    def _labelled(self, case: str) -> tuple[np.ndarray, np.ndarray | None]:
+    def _labelled(self, case: str) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The case's labelled voxels, and its foreground-labelled voxels per class it holds."""
         if case not in self._index:
             flat = self.volumes[case].target.ravel()
             labelled = np.flatnonzero(flat != IGNORE)
-            fg = np.flatnonzero((flat != IGNORE) & (flat > 0))
             if labelled.size == 0:
                 raise InputError(case, "no labelled voxel in the training target")
-            self._index[case] = (labelled, fg if fg.size else None)
+            values = flat[labelled]
+            per_class = [labelled[values == k] for k in np.unique(values) if k > 0]
+            self._index[case] = (labelled, per_class)
         return self._index[case]
 
     def sample(self, batch_size: int) -> tuple[np.ndarray, np.ndarray, list[str], list[tuple[slice, ...]]]:
@@ -74,8 +79,10 @@ class PatchSampler:
         for _ in range(batch_size):
             case = cases[self.rng.integers(len(cases))]
             volume = self.volumes[case]
-            labelled, fg = self._labelled(case)
-            pool = fg if fg is not None and self.rng.random() < self.fg_fraction else labelled
+            labelled, per_class = self._labelled(case)
+            pool = labelled
+            if per_class and self.rng.random() < self.fg_fraction:
+                pool = per_class[0] if len(per_class) == 1 else per_class[self.rng.integers(len(per_class))]
             centre = np.unravel_index(pool[self.rng.integers(pool.size)], volume.target.shape)
             box = []
             for c, p, s in zip(centre, self.patch, volume.target.shape):
