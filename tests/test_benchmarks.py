@@ -8,6 +8,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -41,3 +42,19 @@ def test_gpu_check_dry_mode_writes_the_training_crf_and_inference_tables(tmp_pat
     assert set(inference["shape"]) == {"16x64x64"}
     for table in (training, crf, inference):
         assert {"platform", "cpu_model", "gpu", "torch_version", "commit"} <= set(table.columns)
+
+
+def test_crf_gating_tells_a_visible_boundary_from_an_invisible_one() -> None:
+    """benchmarks/crf_gating.py's numbers in docs/ablations.md: a step of 1.0 at σ_I = 0.1 is
+    gated (kernel ~0 across it), no step is not (the same weight across as inside)."""
+    import sys
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import crf_gating
+    mask = np.zeros((4, 12, 12), bool)
+    mask[1:3, 4:8, 4:8] = True
+    contrast, across, inside = crf_gating.gating(mask.astype(np.float32), mask, 0.1, ring=2, stride=1)
+    assert contrast == pytest.approx(1.0) and across == pytest.approx(0.0, abs=1e-12) and inside == 1.0
+    contrast, across, inside = crf_gating.gating(np.zeros(mask.shape, np.float32), mask, 0.1, ring=2, stride=1)
+    assert contrast == 0.0 and across == inside == 1.0
+    half = 0.1 * mask.astype(np.float32)  # a step of one σ_I: exp(-1/2)
+    assert crf_gating.gating(half, mask, 0.1, ring=2, stride=1)[1] == pytest.approx(np.exp(-0.5))
