@@ -436,3 +436,16 @@ def test_the_scribble_protocol_preset_runs_each_method_on_each_variant_without_t
     assert "qualitative" not in jobs
     assert "results/tables/scribble_protocols.md" in jobs["tables"][0]
     assert "--reference scribble_protocols_cmfnet.sim" in text
+
+
+def test_the_word_phantom_preset_fills_table2_from_the_fixed_split(tmp_path: Path) -> None:
+    """main_table names the table the configured rows fill, and the word phantom gets no --folds
+    (its synth refuses one: WORD has a fixed split), so the preset plans Table II on fold 0."""
+    work = repo_copy(tmp_path / "repo")
+    text = dry_run(work, "--configfile", "config/word-phantom.yaml")
+    jobs = jobs_of(text)
+    assert "results/tables/table2.csv" in jobs["tables"][0] and "results/tables/table1.csv" not in text
+    assert "cmfnet synth --kind word" in text and "--folds" not in text
+    assert {outputs[0].split("/")[5] for outputs in jobs["train"]} == {"fold0"}
+    bad = snakemake(work, "-n", "--cores", "1", "--configfile", "config/word-phantom.yaml", "--config", "folds=[1]")
+    assert bad.returncode != 0 and "fold 1 does not exist" in bad.stdout + bad.stderr
