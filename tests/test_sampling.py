@@ -18,20 +18,21 @@ def volume(target: np.ndarray, channels: int = 1) -> TrainVolume:
 
 
 def test_pad_volume_pads_each_short_axis_at_the_end_with_each_channels_minimum() -> None:
-    image = np.stack([np.full((2, 3, 5), 7.0, np.float32), np.full((2, 3, 5), -4.0, np.float32)])
+    # two channels over three slices, so that a minimum taken over the wrong axis shows
+    image = np.stack([np.full((3, 3, 5), 7.0, np.float32), np.full((3, 3, 5), -4.0, np.float32)])
     image[0, 0, 0, 0] = 3.0  # channel 0's minimum
     image[1, 1, 2, 4] = -9.0  # channel 1's minimum
-    target = np.zeros((2, 3, 5), np.uint8)
+    target = np.zeros((3, 3, 5), np.uint8)
     target[1, 2, 4] = 1
     padded_image, padded_target = pad_volume(image, target, [4, 3, 6])
     assert padded_image.shape == (2, 4, 3, 6) and padded_target.shape == (4, 3, 6)
     # the original sits at the start, untouched
-    np.testing.assert_array_equal(padded_image[:, :2, :, :5], image)
-    np.testing.assert_array_equal(padded_target[:2, :, :5], target)
+    np.testing.assert_array_equal(padded_image[:, :3, :, :5], image)
+    np.testing.assert_array_equal(padded_target[:3, :, :5], target)
     # the padding: each channel's own minimum, targets unlabelled
-    assert np.all(padded_image[0, 2:] == 3.0) and np.all(padded_image[0, :, :, 5] == 3.0)
-    assert np.all(padded_image[1, 2:] == -9.0) and np.all(padded_image[1, :, :, 5] == -9.0)
-    assert np.all(padded_target[2:] == IGNORE) and np.all(padded_target[:, :, 5] == IGNORE)
+    assert np.all(padded_image[0, 3:] == 3.0) and np.all(padded_image[0, :, :, 5] == 3.0)
+    assert np.all(padded_image[1, 3:] == -9.0) and np.all(padded_image[1, :, :, 5] == -9.0)
+    assert np.all(padded_target[3:] == IGNORE) and np.all(padded_target[:, :, 5] == IGNORE)
 
 
 def test_pad_volume_leaves_a_volume_of_at_least_one_patch_as_it_is() -> None:
@@ -133,13 +134,15 @@ def test_forget_indexes_a_replaced_target_anew() -> None:
     assert sampler.sample(1)[3][0][2].start == 2  # still the cached index
     sampler.forget("a")
     assert {sampler.sample(1)[3][0][2].start for _ in range(20)} == {7}
+    sampler.forget("never sampled")  # nothing indexed yet: nothing to drop, no error
 
 
 def test_a_case_without_any_labelled_voxel_is_named() -> None:
     target = np.full((1, 2, 2), IGNORE, np.uint8)
     sampler = PatchSampler({"npc_007": volume(target)}, [1, 1, 1], 0.5, np.random.default_rng(0))
-    with pytest.raises(InputError, match="npc_007.*no labelled voxel"):
+    with pytest.raises(InputError) as caught:
         sampler.sample(1)
+    assert str(caught.value) == "npc_007: no labelled voxel in the training target"
 
 
 def test_each_foreground_class_a_case_holds_is_drawn_equally_often() -> None:
@@ -153,9 +156,9 @@ def test_each_foreground_class_a_case_holds_is_drawn_equally_often() -> None:
     assert 0 not in drawn and 0.45 <= drawn.count(2) / len(drawn) <= 0.55
 
 
-def test_one_foreground_class_draws_no_class() -> None:
+def test_one_foreground_class_draws_patches_as_a_single_pool_does() -> None:
     """With one foreground class the random stream is a single pool's: the same generator gives
-    the same patches as drawing straight from the foreground voxels."""
+    the same patches as drawing straight from the foreground voxels (NPC's models stay valid)."""
     target = np.zeros((2, 6, 6), np.uint8)
     target[1, 2:5, 1:4] = 1
     sampler = PatchSampler({"a": volume(target)}, [1, 2, 2], fg_fraction=1.0, rng=np.random.default_rng(3))

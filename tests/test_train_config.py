@@ -73,9 +73,11 @@ def test_unknown_keys_are_listed_sorted() -> None:
     assert str(caught.value) == "preset.yaml: unknown train options ['betas', 'warmup']"
 
 
-def test_the_default_source_is_named_when_none_is_given() -> None:
+def test_the_default_source_is_named_when_none_is_given(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="^train config: train.lr"):
         TrainConfig.from_dict({"lr": 0.0})
+    with pytest.raises(InputError, match="^train config: train.lr"):
+        resolve_train_config(load_card(card_with_train(tmp_path, "")), {"lr": 0.0})
 
 
 def card_with_train(tmp_path: Path, train: str) -> Path:

@@ -41,8 +41,9 @@ class PatchSampler:
     With probability ``fg_fraction`` a patch is placed around a random foreground-labelled voxel,
     otherwise around any labelled voxel; the chosen voxel lies anywhere inside the patch. With
     several foreground classes in a case, the class is drawn first, uniformly among those it holds
-    (as nnU-Net does), so that small organs are not drowned by the liver; with one, no class is
-    drawn and the random stream is that of a single pool. It reads
+    (as nnU-Net does), so that small organs are not drowned by the liver. With one, the draw is
+    over a range of one, for which numpy consumes no random bits: one-class data (NPC) get the
+    patches they got before classes were drawn. It reads
     the engine's volumes as they are when it samples (only ``cases`` of them, when given: the
     engine fills the volumes after making the sampler); :meth:`forget` drops what it indexed of a
     case whose target was replaced.
@@ -82,7 +83,7 @@ class PatchSampler:
             labelled, per_class = self._labelled(case)
             pool = labelled
             if per_class and self.rng.random() < self.fg_fraction:
-                pool = per_class[0] if len(per_class) == 1 else per_class[self.rng.integers(len(per_class))]
+                pool = per_class[self.rng.integers(len(per_class))]
             centre = np.unravel_index(pool[self.rng.integers(pool.size)], volume.target.shape)
             box = []
             for c, p, s in zip(centre, self.patch, volume.target.shape):
