@@ -18,8 +18,8 @@ Nothing is retrained: editing this module or re-running ``cmfnet tables`` only r
 from __future__ import annotations
 
 import argparse
-import re
 import html
+import re
 from pathlib import Path
 
 import matplotlib

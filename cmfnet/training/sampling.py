@@ -39,14 +39,16 @@ class PatchSampler:
     """Draws patches that always contain labelled voxels.
 
     With probability ``fg_fraction`` a patch is placed around a random foreground-labelled voxel,
-    otherwise around any labelled voxel; the chosen voxel lies anywhere inside the patch. With
-    several foreground classes in a case, the class is drawn first, uniformly among those it holds
-    (as nnU-Net does), so that small organs are not drowned by the liver. With one, the draw is
-    over a range of one, for which numpy consumes no random bits: one-class data (NPC) get the
-    patches they got before classes were drawn. It reads
-    the engine's volumes as they are when it samples (only ``cases`` of them, when given: the
-    engine fills the volumes after making the sampler); :meth:`forget` drops what it indexed of a
-    case whose target was replaced.
+    otherwise around any labelled voxel; the chosen voxel lies anywhere inside the patch.
+
+    With several foreground classes in a case, the class is drawn first, uniformly among those it
+    holds (as nnU-Net does), so that small organs are not drowned by the liver. With one, the draw
+    is over a range of one, for which numpy consumes no random bits: one-class data (NPC) get the
+    patches they got before classes were drawn.
+
+    It reads the engine's volumes as they are when it samples (only ``cases`` of them, when given:
+    the engine fills the volumes after making the sampler); :meth:`forget` drops what it indexed
+    of a case whose target was replaced.
     """
 
     def __init__(self, volumes: dict[str, TrainVolume], patch: list[int], fg_fraction: float,
