@@ -172,3 +172,17 @@ def test_one_foreground_class_draws_patches_as_a_single_pool_does() -> None:
         starts = [int(rng.integers(max(0, c - p + 1), min(c, s - p) + 1))
                   for c, p, s in zip(centre, [1, 2, 2], target.shape)]
         assert [b.start for b in box] == starts
+
+
+def test_semi_batches_put_the_labelled_patches_first_and_read_every_patch_at_its_box() -> None:
+    from cmfnet.training.sampling import SemiPatchSampler
+    labelled = np.zeros((4, 8, 8), np.uint8)
+    labelled[1:3, 2:5, 2:5] = 1
+    unlabelled = np.full((4, 8, 8), IGNORE, np.uint8)
+    volumes = {"a": volume(labelled), "u": volume(unlabelled)}
+    sampler = SemiPatchSampler(volumes, [2, 4, 4], 0.5, np.random.default_rng(0), ["a"], ["u"], 1)
+    images, targets, cases, boxes = sampler.sample(3)
+    assert cases == ["a", "u", "u"] and len(boxes) == 3
+    for image, target, case, box in zip(images, targets, cases, boxes):
+        np.testing.assert_array_equal(image, volumes[case].image[(slice(None), *box)])
+        np.testing.assert_array_equal(target, volumes[case].target[box])
