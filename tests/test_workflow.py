@@ -448,4 +448,4 @@ def test_the_word_phantom_preset_fills_table2_from_the_fixed_split(tmp_path: Pat
     assert "cmfnet synth --kind word" in text and "--folds" not in text
     assert {outputs[0].split("/")[5] for outputs in jobs["train"]} == {"fold0"}
     bad = snakemake(work, "-n", "--cores", "1", "--configfile", "config/word-phantom.yaml", "--config", "folds=[1]")
-    assert bad.returncode != 0 and "fold 1 does not exist" in bad.stdout + bad.stderr
+    assert bad.returncode != 0 and "fold 1 does not exist: the word phantom's one fixed split gives 1 folds" in bad.stdout + bad.stderr

@@ -185,7 +185,8 @@ def dataset_folds():
     """(number of folds, where that number comes from), or (None, why not) before an import."""
     source = config["dataset"]["source"]
     if source == "synth":
-        return synth_folds(), "dataset.synth.folds (word: its one fixed split)"
+        fixed = config["dataset"]["synth"]["kind"] == "word"
+        return synth_folds(), "the word phantom's one fixed split" if fixed else "dataset.synth.folds"
     folder = Path(config["dataset"]["path"]) if source == "path" else Path(dataset_dir())
     if source == "path" and not (folder / "dataset.json").is_file():
         raise InputError("config.dataset.path", f"{folder} holds no dataset.json; give the folder that "
