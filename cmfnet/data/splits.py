@@ -23,6 +23,7 @@ from sklearn.model_selection import KFold
 
 from cmfnet.errors import InputError
 from cmfnet.data.io import counted
+from cmfnet.data.phantoms import kind_spec
 
 VAL_FRACTION = 0.1
 DEFAULT_SEED = 12345  # nnU-Net's KFold seed
@@ -193,7 +194,7 @@ def _word_sizes(n_cases: int) -> tuple[int, int, int]:
 
 def synth_splits(kind: str, cases: list[str], folds: int = 5) -> list[dict[str, list[str]]]:
     """A synthetic kind's evaluation protocol: k-fold cross-validation (npc) or WORD's fixed split (word)."""
-    if kind == "word":
+    if kind_spec(kind).fixed_split:
         if len(cases) < 3:
             raise InputError("--cases", f"word needs at least 3 cases (train/val/test), got {len(cases)}")
         splits = fixed_split(cases, *_word_sizes(len(cases)))

@@ -102,7 +102,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.kind == "word" and args.folds is not None:
+    if kind_spec(args.kind).fixed_split and args.folds is not None:
         raise InputError("--folds", "word uses WORD's fixed train/val/test split; "
                                     "--folds applies to npc only")
     out = synthesize(args.kind, args.cases, args.out, seed=args.seed,

@@ -12,6 +12,7 @@ from snakemake.utils import validate
 from cmfnet.training.config import resolve_train_config
 from cmfnet.errors import InputError
 from cmfnet.data.dataset import Dataset
+from cmfnet.data.phantoms import kind_spec
 from cmfnet.training.cards import card_path_for_id, head_overrides, load_card, method_ids
 from cmfnet.provenance import (digest, network_overrides, plugin_sources, row_hash, trained_as, training_settings,
                                workdir_relative)
@@ -106,16 +107,16 @@ def dataset_dir():
     return f"results/data/{DATASET}"
 
 
-def synth_folds():
-    """The phantom's number of folds: dataset.synth.folds for npc; word has WORD's one fixed split."""
-    synth = config["dataset"]["synth"]
-    return 1 if synth["kind"] == "word" else synth["folds"]
+def synth_has_fixed_split():
+    """Whether the phantom has one train/val/test split (word, as WORD) rather than
+    dataset.synth.folds cross-validation folds (npc)."""
+    return kind_spec(config["dataset"]["synth"]["kind"]).fixed_split
 
 
 def synth_args():
     synth = config["dataset"]["synth"]
     args = f"--kind {synth['kind']} --cases {synth['cases']} --seed {synth['seed']}"
-    if synth["kind"] != "word":
+    if not synth_has_fixed_split():
         args += f" --folds {synth['folds']}"
     if synth.get("shape"):
         args += " --shape " + " ".join(str(s) for s in synth["shape"])
@@ -185,8 +186,9 @@ def dataset_folds():
     """(number of folds, where that number comes from), or (None, why not) before an import."""
     source = config["dataset"]["source"]
     if source == "synth":
-        fixed = config["dataset"]["synth"]["kind"] == "word"
-        return synth_folds(), "the word phantom's one fixed split" if fixed else "dataset.synth.folds"
+        if synth_has_fixed_split():
+            return 1, f"the {config['dataset']['synth']['kind']} phantom's one fixed split"
+        return config["dataset"]["synth"]["folds"], "dataset.synth.folds"
     folder = Path(config["dataset"]["path"]) if source == "path" else Path(dataset_dir())
     if source == "path" and not (folder / "dataset.json").is_file():
         raise InputError("config.dataset.path", f"{folder} holds no dataset.json; give the folder that "

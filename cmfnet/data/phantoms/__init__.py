@@ -46,14 +46,16 @@ class _Kind:
     default_shape: Shape
     generator: CaseGenerator
     description: str
+    fixed_split: bool  # one train/val/test split, as the real dataset's (WORD); else k-fold (npc)
 
 
 KINDS: dict[str, _Kind] = {
     "npc": _Kind(1, ("CT", "MR"), NPC_LABELS, NPC_FOV_MM, NPC_DEFAULT_SHAPE, npc_case,
                  "Synthetic paired CT + T2 MR head-and-neck phantoms with one nasopharyngeal "
-                 "tumour (stand-in for the paper's NPC cohort)."),
+                 "tumour (stand-in for the paper's NPC cohort).", fixed_split=False),
     "word": _Kind(2, ("CT",), WORD_LABELS, WORD_FOV_MM, WORD_DEFAULT_SHAPE, word_case,
-                  "Synthetic abdominal CT phantoms with the seven WORD organs (stand-in for WORD)."),
+                  "Synthetic abdominal CT phantoms with the seven WORD organs (stand-in for WORD).",
+                  fixed_split=True),
 }
 
 
