@@ -449,3 +449,16 @@ def test_the_word_phantom_preset_fills_table2_from_the_fixed_split(tmp_path: Pat
     assert {outputs[0].split("/")[5] for outputs in jobs["train"]} == {"fold0"}
     bad = snakemake(work, "-n", "--cores", "1", "--configfile", "config/word-phantom.yaml", "--config", "folds=[1]")
     assert bad.returncode != 0 and "fold 1 does not exist: the word phantom's one fixed split gives 1 folds" in bad.stdout + bad.stderr
+
+
+def test_the_nnunet_short_preset_adds_only_nnunet_pl_on_the_default_folds_and_seeds(tmp_path: Path) -> None:
+    """config/nnunet-short.yaml over the default preset trains nnU-Net+pL alone, once per default
+    fold and seed (its metrics join the default run's), on nnU-Net's 10-epoch schedule."""
+    work = repo_copy(tmp_path / "repo")
+    jobs = planned(work, "--configfile", "config/config.yaml", "config/nnunet-short.yaml")
+    assert trained(jobs) == {"nnunet_pl_10ep"}
+    default = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    assert sorted("/".join(outputs[0].split("/")[4:6]) for outputs in jobs["train"]) == sorted(
+        f"seed{seed}/fold{fold}" for seed in default["seeds"] for fold in default["folds"])
+    card = load_card(REPO / "methods" / "nnunet_pl_10ep.yaml")
+    assert card.params["epochs"] == 10 and card.supervision == "scribble" and card.scribble_variant == "sim"
