@@ -247,6 +247,30 @@ def test_sweep_tables_get_a_titled_figure_of_the_class_mean_and_others_none(
     assert md.startswith("### fig6_x\n") and tex.startswith("% fig6_x\n")
 
 
+
+def test_a_sweep_with_heads_plots_one_line_per_head_over_the_same_points(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fig. 6's rows `<point>@<head>`: each head is its own line over the points, the ticks are
+    the first head's names and the legend names the heads. Breaks caught: heads plotted as more
+    points on one line, a head's values on another head's line, ticks from the wrong head."""
+    figures: list[matplotlib.figure.Figure] = []
+    savefig = matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                        lambda self, *a, **k: (figures.append(self), savefig(self, *a, **k))[1])
+    dsc = {("v0", "mm"): 0.5, ("v1", "mm"): 0.6, ("v0", "ct"): 0.2, ("v1", "ct"): 0.3}
+    rows = [row(f"fig6.{v}@{h}", f"w={v}" + ("" if h == "mm" else f" y_{h}"), f"c{i}", d, asd=10 * d,
+                table="fig6_x") for (v, h), d in dsc.items() for i in range(2)]
+    write_tables([rows_csv(tmp_path / "m.csv", rows)], tmp_path / "tables", order=[f"fig6.{v}@{h}" for v, h in dsc])
+    (figure,) = figures
+    dsc_axes, asd_axes = figure.axes
+    lines = [container.lines[0] for container in dsc_axes.containers]
+    assert [list(line.get_xdata()) for line in lines] == [[0, 1], [0, 1]]
+    assert [list(line.get_ydata()) for line in lines] == [pytest.approx([50, 60]), pytest.approx([20, 30])]
+    assert [list(c.lines[0].get_ydata()) for c in asd_axes.containers] == [pytest.approx([5, 6]), pytest.approx([2, 3])]
+    assert [t.get_text() for t in dsc_axes.get_xticklabels()] == ["w=v0", "w=v1"]
+    assert [t.get_text() for t in dsc_axes.get_legend().get_texts()] == ["head mm", "head ct"]
+
+
 # -- the command ----------------------------------------------------------------------------------
 def test_tables_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -> None:
     """What `cmfnet tables --help` promises a user: where the CSVs are read, what each option does."""

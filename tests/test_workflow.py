@@ -338,7 +338,7 @@ def test_lint_is_clean(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("row", "model"), [
-    ("fig6_alpha.alpha0p8", "cmfnet"), ("fig6_lambda.lambda0p2", "cmfnet"), ("table7.ssl_imr_imc", "cmfnet"),
+    ("fig6_alpha.alpha0p8@mm", "cmfnet"), ("fig6_lambda.lambda0p2@ct", "cmfnet"), ("table7.ssl_imr_imc", "cmfnet"),
     ("table6.mfl_cfe_cff", "cmfnet"), ("table6.mfl", "table6.mfl"), ("table5.ct3_mr4@mr", "table5.ct3_mr4")])
 def test_the_repos_sweep_points_equal_to_cmfnet_read_its_model(row: str, model: str) -> None:
     preset = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["train"]

@@ -263,16 +263,28 @@ def _spread(std: float) -> str:
 
 
 def plot_sweep(summary: pd.DataFrame, path: Path, title: str) -> None:
+    """DSC and ASD against the swept point, one line per head (``<point>@<head>`` rows, as Fig. 6
+    plots the cross-modal and the modality-specific heads); the ticks are the names of the first
+    head's rows."""
     groups = [c[: -len("dsc_mean")] for c in summary.columns if c.endswith("dsc_mean")]
     g = "mean_" if "mean_" in groups else groups[0]
+    point, _, head = (summary["method"].str.partition("@")[i] for i in (0, 1, 2))
+    points = list(dict.fromkeys(point))
+    heads = list(dict.fromkeys(head))
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-    x = range(len(summary))
     for ax, metric, label in ((axes[0], "dsc", "DSC (%)"), (axes[1], "asd", "ASD (mm)")):
-        ax.errorbar(x, summary[f"{g}{metric}_mean"], yerr=summary[f"{g}{metric}_std"].fillna(0),
-                    marker="o", capsize=3)
-        ax.set_xticks(list(x), summary["name"], rotation=30, ha="right", fontsize=8)
+        for h in heads:
+            rows = summary[head == h]
+            x = [points.index(p) for p in point[head == h]]
+            ax.errorbar(x, rows[f"{g}{metric}_mean"], yerr=rows[f"{g}{metric}_std"].fillna(0),
+                        marker="o", capsize=3, label=f"head {h}" if h else None)
+        first = summary[head == heads[0]]
+        ax.set_xticks([points.index(p) for p in point[head == heads[0]]], first["name"], rotation=30,
+                      ha="right", fontsize=8)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
+    if len(heads) > 1:
+        axes[0].legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     with atomic_path(path) as tmp:
