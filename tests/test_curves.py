@@ -49,6 +49,16 @@ def test_noise_around_a_plateau_converges_and_a_rising_curve_does_not(tmp_path: 
     assert (tmp_path / "out" / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
+
+def test_heads_in_the_order_place_their_model_where_the_first_head_stands(tmp_path: Path) -> None:
+    """A table order names rows, and heads (`<id>@<head>`) of one model are several rows: the
+    curves put that model's log at its first head's place, not after every ordered method."""
+    files = [write_log(tmp_path, name, 0, 0, 0.5 + 0.0 * ITERATIONS) for name in ("a", "s.v1", "z")]
+    order = ["z", "s.v1@mm", "s.v1@ct", "a"]
+    table = write_curves(files, tmp_path / "out" / "convergence", tmp_path / "out" / "curves.png", 0.05, order)
+    assert list(table[table["scope"] == "mean"]["method"]) == ["z", "s.v1", "a"]
+
+
 def test_a_log_outside_the_layout_is_refused(tmp_path: Path) -> None:
     stray = tmp_path / "train_log.csv"
     pd.DataFrame({"iteration": [1], "val_dice": [0.1]}).to_csv(stray, index=False)

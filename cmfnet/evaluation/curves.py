@@ -89,8 +89,12 @@ def verdicts(logs: pd.DataFrame, tolerance: float, order: list[str] | None = Non
 
 
 def _ordered(methods: pd.Series, order: list[str] | None) -> list[str]:
+    """The logs' methods (training ids) in the order of ``order``, whose table rows may be heads
+    (``<id>@<head>``) of one trained model: a head stands for its model (cmfnet.training.cards'
+    training_id, not imported here: that module imports torch)."""
     present = list(dict.fromkeys(sorted(methods)))
-    return [m for m in order or [] if m in present] + [m for m in present if m not in (order or [])]
+    trained = list(dict.fromkeys(m.partition("@")[0] for m in order or []))
+    return [m for m in trained if m in present] + [m for m in present if m not in trained]
 
 
 def to_markdown(table: pd.DataFrame) -> str:
