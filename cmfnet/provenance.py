@@ -33,7 +33,8 @@ import yaml
 
 from cmfnet.training.config import resolve_train_config
 from cmfnet.errors import InputError
-from cmfnet.training.cards import Card, card_path_for_id, load_card, training_id, variant_overrides
+from cmfnet.training.cards import Card, card_path_for_id, load_card, variant_overrides
+from cmfnet.training.row_ids import training_id
 from cmfnet.training.plugins import load_method
 
 #: a row's labels: they name a row and never change what it trains or predicts

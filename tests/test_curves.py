@@ -49,7 +49,6 @@ def test_noise_around_a_plateau_converges_and_a_rising_curve_does_not(tmp_path: 
     assert (tmp_path / "out" / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
-
 def test_heads_in_the_order_place_their_model_where_the_first_head_stands(tmp_path: Path) -> None:
     """A table order names rows, and heads (`<id>@<head>`) of one model are several rows: the
     curves put that model's log at its first head's place, not after every ordered method."""

@@ -38,7 +38,8 @@ def test_card_trains_and_predicts(method: str, tmp_path: Path, tiny_dataset: Pat
 
 def test_heads_are_rows_of_one_trained_model(tmp_path: Path, tiny_dataset: Path) -> None:
     from cmfnet.errors import InputError
-    from cmfnet.training.cards import method_ids, training_id
+    from cmfnet.training.cards import method_ids
+    from cmfnet.training.row_ids import training_id
 
     ids = method_ids(REPO / "methods" / "table5.yaml")
     assert len(ids) == 32 and "table5.ct3_mr4@ct" in ids and "table5.ct3_mr4@mr" in ids

@@ -247,7 +247,6 @@ def test_sweep_tables_get_a_titled_figure_of_the_class_mean_and_others_none(
     assert md.startswith("### fig6_x\n") and tex.startswith("% fig6_x\n")
 
 
-
 def test_a_sweep_with_heads_plots_one_line_per_head_over_the_same_points(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Fig. 6's rows `<point>@<head>`: each head is its own line over the points, the ticks are

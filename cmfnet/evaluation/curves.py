@@ -29,6 +29,7 @@ import pandas as pd  # noqa: E402
 
 from cmfnet.data.io import atomic_path  # noqa: E402
 from cmfnet.errors import InputError  # noqa: E402
+from cmfnet.training.row_ids import training_id  # noqa: E402
 
 NOT_LOSSES = {"iteration", "lr", "sec_per_it", "val_dice", "val_seconds", "method", "seed", "fold"}
 
@@ -90,10 +91,9 @@ def verdicts(logs: pd.DataFrame, tolerance: float, order: list[str] | None = Non
 
 def _ordered(methods: pd.Series, order: list[str] | None) -> list[str]:
     """The logs' methods (training ids) in the order of ``order``, whose table rows may be heads
-    (``<id>@<head>``) of one trained model: a head stands for its model (cmfnet.training.cards'
-    training_id, not imported here: that module imports torch)."""
+    of one trained model: a head stands for its model."""
     present = list(dict.fromkeys(sorted(methods)))
-    trained = list(dict.fromkeys(m.partition("@")[0] for m in order or []))
+    trained = list(dict.fromkeys(training_id(m) for m in order or []))
     return [m for m in trained if m in present] + [m for m in present if m not in trained]
 
 

@@ -31,6 +31,7 @@ import pandas as pd  # noqa: E402
 from cmfnet.errors import InputError  # noqa: E402
 from cmfnet.data.io import atomic_path, write_json  # noqa: E402
 from cmfnet.evaluation.statistics import bootstrap_ci, holm, paired_wilcoxon  # noqa: E402
+from cmfnet.training.row_ids import split_row_id  # noqa: E402
 
 REQUIRED = ("method", "method_name", "fold", "case", "class", "dsc", "asd")
 SECONDARY = ("assd", "hd95", "nsd")  # reported when the metrics rows have them
@@ -268,22 +269,23 @@ def plot_sweep(summary: pd.DataFrame, path: Path, title: str) -> None:
     head's rows."""
     groups = [c[: -len("dsc_mean")] for c in summary.columns if c.endswith("dsc_mean")]
     g = "mean_" if "mean_" in groups else groups[0]
-    point, _, head = (summary["method"].str.partition("@")[i] for i in (0, 1, 2))
-    points = list(dict.fromkeys(point))
-    heads = list(dict.fromkeys(head))
+    ids = [split_row_id(method) for method in summary["method"]]
+    points = list(dict.fromkeys(point for point, _ in ids))
+    rows_of: dict[str, list[int]] = {}  # head -> its rows' positions in summary, in table order
+    for row, (_, head) in enumerate(ids):
+        rows_of.setdefault(head, []).append(row)
+    x = [points.index(point) for point, _ in ids]
+    first = next(iter(rows_of.values()))
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
     for ax, metric, label in ((axes[0], "dsc", "DSC (%)"), (axes[1], "asd", "ASD (mm)")):
-        for h in heads:
-            rows = summary[head == h]
-            x = [points.index(p) for p in point[head == h]]
-            ax.errorbar(x, rows[f"{g}{metric}_mean"], yerr=rows[f"{g}{metric}_std"].fillna(0),
-                        marker="o", capsize=3, label=f"head {h}" if h else None)
-        first = summary[head == heads[0]]
-        ax.set_xticks([points.index(p) for p in point[head == heads[0]]], first["name"], rotation=30,
-                      ha="right", fontsize=8)
+        for head, rows in rows_of.items():
+            ax.errorbar([x[r] for r in rows], summary[f"{g}{metric}_mean"].iloc[rows],
+                        yerr=summary[f"{g}{metric}_std"].iloc[rows].fillna(0),
+                        marker="o", capsize=3, label=f"head {head}" if head else None)
+        ax.set_xticks([x[r] for r in first], summary["name"].iloc[first], rotation=30, ha="right", fontsize=8)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    if len(heads) > 1:
+    if len(rows_of) > 1:
         axes[0].legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()

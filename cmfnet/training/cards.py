@@ -62,6 +62,7 @@ from typing import Any, Literal
 import yaml
 
 from cmfnet.errors import InputError
+from cmfnet.training.row_ids import split_row_id
 from cmfnet.training.networks import network_constructor
 
 #: keys a card may carry for people (what the method is, which paper row): accepted, never stored
@@ -372,14 +373,9 @@ def method_ids(path: str | Path) -> list[str]:
             for vid in variant_overrides(path) for head in (heads or [None])]
 
 
-def training_id(method_id: str) -> str:
-    """The trained model a row reads: heads of one variant share it."""
-    return method_id.partition("@")[0]
-
-
 def card_path_for_id(methods_dir: str | Path, method_id: str) -> tuple[Path, str | None, str | None]:
     """``table5.ct3_mr4@ct`` -> (methods/table5.yaml, "ct3_mr4", "ct"); ``pce`` -> (methods/pce.yaml, None, None)."""
-    base, _, head = method_id.partition("@")
+    base, head = split_row_id(method_id)
     stem, _, variant = base.partition(".")
     return Path(methods_dir) / f"{stem}.yaml", (variant or None), (head or None)
 
