@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from cmfnet.cli import main
 from cmfnet.data.dataset import Dataset
@@ -49,3 +50,63 @@ def test_fold_out_of_range_or_without_dataset_is_one_line(tiny_dataset: Path, tm
         assert main(["evaluate", "--pred", str(pred), "--out", str(tmp_path / "x.csv"), *extra]) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "fold" in err
+
+
+def test_without_reference_or_dataset_the_command_says_which_to_give(tmp_path: Path, capsys) -> None:
+    (tmp_path / "pred").mkdir()
+    assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--out", str(tmp_path / "x.csv")]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        "--ref: give a reference folder with --ref, or a dataset with --dataset")
+    assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(tmp_path), "--fold", "0",
+                 "--out", str(tmp_path / "x.csv")]) == 2
+    assert capsys.readouterr().err.strip().endswith(
+        "--fold: needs --dataset (the fold's test cases come from its splits)")
+
+
+def test_tags_lead_the_columns_in_order_and_the_summary_gives_each_class(tiny_dataset: Path, tmp_path: Path,
+                                                                         capsys) -> None:
+    pred = tmp_path / "pred"
+    _predictions_of_every_case(tiny_dataset, pred)
+    out = tmp_path / "rows.csv"
+    assert main(["evaluate", "--pred", str(pred), "--dataset", str(tiny_dataset), "--out", str(out),
+                 "--tag", "method=pce", "--tag", "seed=3", "--tag", " config = a=b"]) == 0
+    table = pd.read_csv(out)
+    assert list(table.columns[:4]) == ["method", "seed", "config", "case"]
+    assert (table["config"] == " a=b").all()
+    assert (table["method"] == "pce").all() and (table["seed"] == 3).all()
+    assert table["cmfnet_version"].notna().all() and set(table["class"]) == {"tumour"}
+    cases = len(list((tiny_dataset / "labelsTr").glob("*.nii.gz")))
+    assert capsys.readouterr().out.strip() == f"evaluate: {cases} cases -> {out}; mean DSC: tumour 1.0000"
+
+
+def test_leaving_out_lists_five_cases_then_dots(tiny_dataset: Path, tmp_path: Path, capsys) -> None:
+    pred = tmp_path / "pred"
+    _predictions_of_every_case(tiny_dataset, pred)
+    test_cases = set(Dataset(tiny_dataset).split(0)["test"])
+    extra = sorted(p.name[:-7] for p in pred.glob("*.nii.gz") if p.name[:-7] not in test_cases)
+    assert len(extra) == 5  # the tiny dataset: 8 cases, 3 of them fold 0's test set
+    args = ["evaluate", "--pred", str(pred), "--dataset", str(tiny_dataset), "--fold", "0", "--out",
+            str(tmp_path / "x.csv")]
+    assert main(args) == 0
+    line = f"evaluate: leaving out 5 prediction(s) of cases outside fold 0's test set: {', '.join(extra)}"
+    assert capsys.readouterr().out.splitlines()[0] == line
+    shutil.copy(pred / f"{extra[0]}.nii.gz", pred / "zz_extra.nii.gz")
+    assert main(args) == 0
+    assert capsys.readouterr().out.splitlines()[0] == (
+        f"evaluate: leaving out 6 prediction(s) of cases outside fold 0's test set: {', '.join(extra)} ...")
+
+
+def test_a_tag_repeated_or_named_like_a_column_is_refused(tiny_dataset: Path, tmp_path: Path, capsys) -> None:
+    pred = tmp_path / "pred"
+    _predictions_of_every_case(tiny_dataset, pred)
+    for tags in (["--tag", "method=a", "--tag", "method=b"], ["--tag", "dsc=1"], ["--tag", "case=x"]):
+        out = tmp_path / "x.csv"
+        assert main(["evaluate", "--pred", str(pred), "--dataset", str(tiny_dataset), "--out", str(out),
+                     *tags]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "--tag: tag keys must be unique and not a metric column" in err and not out.exists()
+    for bad in ("=x", "novalue"):
+        with pytest.raises(SystemExit):
+            main(["evaluate", "--pred", str(pred), "--dataset", str(tiny_dataset), "--out",
+                  str(tmp_path / "y.csv"), "--tag", bad])
+        assert f"--tag: expected key=value, got '{bad}'" in capsys.readouterr().err

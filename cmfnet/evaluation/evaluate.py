@@ -22,7 +22,7 @@ from cmfnet import __version__
 from cmfnet.data.dataset import Dataset
 from cmfnet.data.io import FILE_ENDING, GRID_TOLERANCE, atomic_path, read_image
 from cmfnet.errors import InputError
-from cmfnet.evaluation.metrics import EMPTY_BOTH, METRIC_COLUMNS, VERSION_COLUMNS, evaluate_case, image_diagonal_mm
+from cmfnet.evaluation.metrics import METRIC_COLUMNS, VERSION_COLUMNS, both_empty_row, evaluate_case, image_diagonal_mm
 
 
 def _label_values(array: np.ndarray, path: Path) -> tuple[np.ndarray, set[int]]:
@@ -140,11 +140,8 @@ def _complete_inferred_classes(pairs: list[tuple[str, Path, Path]],
         _check_declared(result["pred_values"], declared, pred_path, "labels of the references")
     for (case, _, _), result in zip(pairs, results):
         present = {row["class_id"] for row in result["rows"]}
-        missing = [
-            {"case": case, "class_id": k, "class": _default_class_name(k), "dsc": 1.0, "asd": 0.0,
-             "assd": 0.0, "hd95": 0.0, "tp": 0, "fp": 0, "fn": 0, "n_pred": 0, "n_ref": 0,
-             "empty": EMPTY_BOTH, "penalty_mm": result["penalty_mm"]}
-            for k in sorted(declared - present)]
+        missing = [{"case": case, **both_empty_row(k, _default_class_name(k), result["penalty_mm"])}
+                   for k in sorted(declared - present)]
         result["rows"] = sorted(result["rows"] + missing, key=lambda row: row["class_id"])
     return results
 

@@ -71,6 +71,16 @@ def _union_box(a: tuple[slice, ...] | None, b: tuple[slice, ...] | None) -> tupl
     return tuple(slice(min(sa.start, sb.start), max(sa.stop, sb.stop)) for sa, sb in zip(a, b))
 
 
+def both_empty_row(class_id: int, name: str, penalty_mm: float,
+                   nsd_tolerance_mm: float = NSD_TOLERANCE_MM) -> dict[str, Any]:
+    """The row of a class absent from prediction and reference: perfect by the documented policy.
+    One definition, for evaluate_case and for the classes a case lacks when classes are inferred."""
+    row = {"class_id": class_id, "class": name, "dsc": 1.0, "asd": 0.0, "assd": 0.0, "hd95": 0.0, "nsd": 1.0,
+           "tp": 0, "fp": 0, "fn": 0, "n_pred": 0, "n_ref": 0, "empty": EMPTY_BOTH,
+           "penalty_mm": penalty_mm, "nsd_tolerance_mm": nsd_tolerance_mm}
+    return {column: row[column] for column in METRIC_COLUMNS}
+
+
 def evaluate_case(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float],
                   class_names: Mapping[int, str], nsd_tolerance_mm: float = NSD_TOLERANCE_MM) -> list[dict[str, Any]]:
     """One row per class in ``class_names`` (background 0 skipped) for one case.
@@ -93,27 +103,26 @@ def evaluate_case(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float],
     ref_boxes = ndimage.find_objects(ref, max_label)
     rows = []
     for k in class_ids:
-        row: dict[str, Any] = {"class_id": k, "class": class_names[k]}
         pred_box, ref_box = pred_boxes[k - 1], ref_boxes[k - 1]
         if pred_box is None and ref_box is None:
-            row.update(dsc=1.0, asd=0.0, assd=0.0, hd95=0.0, nsd=1.0, tp=0, fp=0, fn=0, n_pred=0, n_ref=0,
-                       empty=EMPTY_BOTH)
+            rows.append(both_empty_row(k, class_names[k], penalty, nsd_tolerance_mm))
+            continue
+        row: dict[str, Any] = {"class_id": k, "class": class_names[k]}
+        box = _union_box(pred_box, ref_box)
+        pred_mask, ref_mask = pred[box] == k, ref[box] == k
+        tp = int(np.count_nonzero(pred_mask & ref_mask))
+        n_pred, n_ref = int(np.count_nonzero(pred_mask)), int(np.count_nonzero(ref_mask))
+        row.update(dsc=2.0 * tp / (n_pred + n_ref), tp=tp, fp=n_pred - tp, fn=n_ref - tp,
+                   n_pred=n_pred, n_ref=n_ref)
+        if pred_box is None or ref_box is None:
+            row.update(asd=penalty, assd=penalty, hd95=penalty, nsd=0.0,
+                       empty=EMPTY_PRED if pred_box is None else EMPTY_REF)
         else:
-            box = _union_box(pred_box, ref_box)
-            pred_mask, ref_mask = pred[box] == k, ref[box] == k
-            tp = int(np.count_nonzero(pred_mask & ref_mask))
-            n_pred, n_ref = int(np.count_nonzero(pred_mask)), int(np.count_nonzero(ref_mask))
-            row.update(dsc=2.0 * tp / (n_pred + n_ref), tp=tp, fp=n_pred - tp, fn=n_ref - tp,
-                       n_pred=n_pred, n_ref=n_ref)
-            if pred_box is None or ref_box is None:
-                row.update(asd=penalty, assd=penalty, hd95=penalty, nsd=0.0,
-                           empty=EMPTY_PRED if pred_box is None else EMPTY_REF)
-            else:
-                to_ref, to_pred = surface_distances(pred_mask, ref_mask, spacing)
-                pooled = np.concatenate([to_ref, to_pred])  # medpy's order: pred->ref first
-                row.update(asd=float(to_ref.mean()), assd=float(pooled.mean()),
-                           hd95=float(np.percentile(pooled, 95)),
-                           nsd=float(np.count_nonzero(pooled <= nsd_tolerance_mm) / pooled.size), empty=EMPTY_NONE)
+            to_ref, to_pred = surface_distances(pred_mask, ref_mask, spacing)
+            pooled = np.concatenate([to_ref, to_pred])  # medpy's order: pred->ref first
+            row.update(asd=float(to_ref.mean()), assd=float(pooled.mean()),
+                       hd95=float(np.percentile(pooled, 95)),
+                       nsd=float(np.count_nonzero(pooled <= nsd_tolerance_mm) / pooled.size), empty=EMPTY_NONE)
         row["penalty_mm"], row["nsd_tolerance_mm"] = penalty, nsd_tolerance_mm
         rows.append({column: row[column] for column in METRIC_COLUMNS})
     return rows
