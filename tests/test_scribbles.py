@@ -362,3 +362,70 @@ def test_one_training_case_is_singular() -> None:
     report = {"variant": "sim", "seed": 0, "classes": {"0": "background"}, "cases": {"a": {"background": 1.0}},
               "mean": {"background": 1.0}}
     assert "1 training case (% of image voxels)" in format_coverage(report)
+
+
+# -- exact values (mutation run of 2026-12-04) ---------------------------------------------------
+
+@pytest.mark.parametrize("occupied, margin, step, expected", [
+    ((5, 9), 1, 2, [5, 7, 9]),         # anchor 7: every second slice from 4 to 10 that meets it
+    ((5, 9), 2, 3, [4, 7, 10]),        # anchor 7, slices 3..11
+    ((0, 3), 2, 1, [0, 1, 2, 3, 4, 5]),  # clipped at the first slice
+    ((10, 11), 3, 2, [8, 10]),         # clipped at the last slice (11), anchor 10
+    ((6, 6), 0, 4, [6]),
+])
+def test_background_slices_exactly(occupied: tuple[int, int], margin: int, step: int, expected: list[int]) -> None:
+    label = np.zeros((12, 4, 4), np.uint8)
+    label[occupied[0]:occupied[1] + 1, 1, 1] = 1
+    assert background_slices(label, margin, step) == expected
+
+
+def test_background_slice_of_an_empty_volume_is_its_middle() -> None:
+    assert background_slices(np.zeros((9, 4, 4), np.uint8), 1, 2) == [4]
+
+
+def test_make_scribbles_draws_with_the_options_it_records(dataset: Path) -> None:
+    report = make_scribbles(dataset, "sim", seed=2, dilation_iterations=3, background_slice_step=1)
+    assert report["options"]["dilation_iterations"] == 3 and report["unit"] == "percent of image voxels"
+    case = _train_cases(dataset)[0]
+    written, _ = read_image(dataset / "scribblesTr" / "sim" / f"{case}.nii.gz")
+    label, _ = read_image(dataset / "labelsTr" / f"{case}.nii.gz")
+    expected = simulate_scribble(label, len(LABELS), scribbles.case_rng(2, case), dilation_iterations=3,
+                                 background_slice_step=1)
+    assert np.array_equal(written, expected)
+    assert not np.array_equal(written, simulate_scribble(label, len(LABELS), scribbles.case_rng(2, case)))
+
+
+def test_scribble_errors_name_what_is_wrong(dataset: Path, label: np.ndarray) -> None:
+    with pytest.raises(ValueError) as err:
+        make_scribbles(dataset, "manual")
+    assert str(err.value) == "unknown scribble variant 'manual' (known: autobg, scribblebench, sim)"
+    with pytest.raises(ValueError) as err:
+        simulate_scribble(label, NUM_CLASSES - 1, np.random.default_rng(0))
+    assert str(err.value) == f"label values 0..{TINY} outside 0..{NUM_CLASSES - 2}"
+    with pytest.raises(ValueError) as err:
+        simulate_scribble(label[0], NUM_CLASSES, np.random.default_rng(0))
+    assert str(err.value) == "expected a (z, y, x) label volume, got shape (64, 64)"
+    with pytest.raises(ValueError) as err:
+        auto_background(label, margin_px=0)
+    assert str(err.value) == "margin_px must be >= 1, got 0"
+    assert auto_background(label, margin_px=1).any()
+
+    meta = read_json(dataset / "dataset.json")
+    for split in meta["splits"]:
+        split["train"] = []
+    write_json(meta, dataset / "dataset.json")
+    with pytest.raises(InputError) as err:
+        make_scribbles(dataset, "sim")
+    assert (err.value.path, err.value.problem) == (str(dataset / "dataset.json"),
+                                                   "no case is in any fold's training list")
+
+
+def test_coverage_table_has_a_header_and_one_line_per_class() -> None:
+    report = {"variant": "sim", "seed": 1, "classes": {"0": "background", "1": "tumour"},
+              "cases": {"a": {"background": 0.5, "tumour": 0.25}, "b": {"background": 1.5, "tumour": 0.75}},
+              "mean": {"background": 1.0, "tumour": 0.5}}
+    assert format_coverage(report).splitlines() == [
+        "scribble coverage, variant sim, seed 1, 2 training cases (% of image voxels)",
+        "class           mean       min       max",
+        "background    1.0000    0.5000    1.5000",
+        "tumour        0.5000    0.2500    0.7500"]
