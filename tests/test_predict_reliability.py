@@ -298,3 +298,25 @@ def test_model_of_one_selected_channel_takes_one_image(tmp_path: Path, capsys: p
     code, err = predict(capsys, "--model", model, "--image", mr, "--out", tmp_path / "seg.nii.gz")
     assert code == 0, err
     assert read_image(tmp_path / "seg.nii.gz")[1].same_grid(read_image(mr)[1])
+
+
+@pytest.mark.parametrize("change, difference", [
+    ({"spacing": (3.0, 1.25, 2.5)}, "spacing 3 x 1.25 x 2.5 mm vs 3 x 1.25 x 1.25 mm"),
+    ({"origin": (0.0, 0.0, 5.0)}, "origin [0.0, 0.0, 5.0] vs [0.0, 0.0, 0.0] mm"),
+    ({"direction": (-1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)}, "orientation (direction cosines)"),
+])
+def test_a_channel_off_the_first_images_grid_is_refused_with_what_differs(
+        trained: tuple[Path, Path], patient: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        change: dict[str, tuple[float, ...]], difference: str) -> None:
+    """Same shape, another spacing, origin or orientation: the line names that property and both values
+    (mutation run of 2026-12-04: only a shape difference was tested)."""
+    model, _ = trained
+    array, geometry = read_image(patient[0])
+    ct = tmp_path / "ct.nii.gz"
+    write_image(array, ct, Geometry.default(array.shape, geometry.spacing))
+    first = Geometry.default(array.shape, geometry.spacing)
+    moved = tmp_path / "mr_moved.nii.gz"
+    write_image(read_image(patient[1])[0], moved, Geometry(**{**vars(first), **change}))
+    line = refusal(capsys, "--model", model, "--image", ct, "--image", moved, "--out", tmp_path / "seg.nii.gz")
+    assert line.endswith(f"{moved}: not on the grid of {ct} ({difference}); resample it onto that grid first "
+                         "(cmfnet import paired does that)")
