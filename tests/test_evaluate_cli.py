@@ -5,11 +5,13 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from cmfnet.cli import main
 from cmfnet.data.dataset import Dataset
+from cmfnet.data.io import read_image, write_image
 
 
 def _predictions_of_every_case(dataset_dir: Path, out: Path) -> None:
@@ -110,3 +112,26 @@ def test_a_tag_repeated_or_named_like_a_column_is_refused(tiny_dataset: Path, tm
             main(["evaluate", "--pred", str(pred), "--dataset", str(tiny_dataset), "--out",
                   str(tmp_path / "y.csv"), "--tag", bad])
         assert f"--tag: expected key=value, got '{bad}'" in capsys.readouterr().err
+
+
+def test_ref_given_with_dataset_is_the_reference(tiny_dataset: Path, tmp_path: Path) -> None:
+    """--dataset gives the class names and the fold; --ref, when given too, the labels scored against."""
+    pred = tmp_path / "pred"
+    _predictions_of_every_case(tiny_dataset, pred)
+    empty_refs = tmp_path / "refs"
+    empty_refs.mkdir()
+    for label in pred.glob("*.nii.gz"):
+        shutil.copy(label, empty_refs / label.name)
+    for path in empty_refs.glob("*.nii.gz"):
+        array, geometry = read_image(path)
+        write_image(np.zeros_like(array), path, geometry)
+    out = tmp_path / "rows.csv"
+    assert main(["evaluate", "--pred", str(pred), "--dataset", str(tiny_dataset), "--ref", str(empty_refs),
+                 "--out", str(out)]) == 0
+    assert set(pd.read_csv(out)["empty"]) == {"ref"}
+
+
+def test_a_missing_prediction_folder_with_a_fold_is_one_line(tiny_dataset: Path, tmp_path: Path, capsys) -> None:
+    assert main(["evaluate", "--pred", str(tmp_path / "none"), "--dataset", str(tiny_dataset), "--fold", "0",
+                 "--out", str(tmp_path / "x.csv")]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"{tmp_path / 'none'}: prediction folder not found")

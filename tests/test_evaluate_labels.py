@@ -110,6 +110,7 @@ def test_a_false_positive_of_a_class_this_reference_lacks_is_scored_not_called_b
     write_case(tmp_path / "pred", "b", only_one)
     table = evaluate_folders(tmp_path / "pred", tmp_path / "ref").set_index(["case", "class_id"])
     assert list(table.reset_index().columns) == ["case", *METRIC_COLUMNS]
+    assert list(table["class"]) == ["label_1", "label_2", "label_1", "label_2"]
     # the row a case gets for a class it lacks on both sides is the policy's both-empty row, NSD included
     # (it was NaN, and the NSD tolerance missing, before 2026-12-04)
     filled = table.loc[("b", 2)].to_dict()
@@ -155,4 +156,4 @@ def test_jobs_below_one_are_refused(tmp_path: Path) -> None:
         write_case(tmp_path / folder, "c", two_blobs())
     with pytest.raises(InputError) as err:
         evaluate_folders(tmp_path / "pred", tmp_path / "ref", jobs=0)
-    assert err.value.problem == "jobs must be >= 1, got 0"
+    assert (err.value.path, err.value.problem) == (str(tmp_path / "pred"), "jobs must be >= 1, got 0")
