@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from cmfnet.data.normalize import normalize_channel, normalize_image
+from cmfnet.data.preprocess import body_mask
 
 
 def test_ct_window_clips_and_scales_to_unit_range() -> None:
@@ -61,7 +62,32 @@ def test_image_channels_follow_their_own_declaration_by_name() -> None:
 
 @pytest.mark.parametrize(("spec", "message"), [
     ({"scheme": "minmax"}, "unknown normalisation scheme 'minmax'"),
-    ({"scheme": "zscore", "mask": "brain"}, "unknown z-score mask 'brain'")])
+    ({"scheme": "zscore", "mask": "brain"}, "unknown z-score mask .brain.")])
 def test_an_unknown_declaration_is_refused(spec: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         normalize_channel(np.ones((2, 2)), spec)
+
+
+def test_a_body_mask_takes_the_statistics_from_the_body_found_in_every_channel() -> None:
+    """The body comes from all channels (CT > -500 HU, MR above Otsu's threshold); the MR's noisy
+    air neither sets the statistics nor is zeroed, and how much air the field of view holds no
+    longer moves the tissue."""
+    rng = np.random.default_rng(1)
+    z_scored = []
+    for air_columns in (4, 12):
+        ct = np.full((4, 16, 16), -1000.0)
+        ct[:, :, air_columns:] = 40.0
+        mr = rng.normal(20.0, 5.0, ct.shape)  # air: noise, not a fill
+        mr[:, :, air_columns:] = rng.normal(300.0, 30.0, (4, 16, 16 - air_columns))
+        spec = {"CT": {"scheme": "ct"}, "MR": {"scheme": "zscore", "mask": "body"}}
+        out = normalize_image(np.stack([ct, mr]), ["CT", "MR"], spec)[1]
+        body = body_mask([ct, mr], ["ct", "mr"])
+        assert body[ct > -500].all() and body.sum() < (ct > -500).sum() + 8  # the body, give a noisy voxel
+        assert abs(float(out[body].mean())) < 1e-4 and abs(float(out[body].std()) - 1.0) < 1e-3
+        assert (out[~body] < -5).all()  # air z-scored with the body's statistics, not set to 0
+        z_scored.append(out[:, :, 12:].mean())
+    assert abs(z_scored[0] - z_scored[1]) < 0.1  # the same tissue, whatever the air
+    whole = [normalize_channel(np.where(np.arange(16) >= a, 300.0, 20.0), None).max() for a in (4, 12)]
+    assert abs(whole[0] - whole[1]) > 0.5  # a whole-volume z-score moves the tissue with the air
+    with pytest.raises(ValueError, match="needs the whole image"):
+        normalize_channel(np.ones((2, 2)), {"scheme": "zscore", "mask": "body"})

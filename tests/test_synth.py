@@ -80,7 +80,7 @@ def test_npc_dataset_loads_with_declared_normalization_and_provenance(npc_root: 
     assert len(dataset.splits) == 3 and all(split["val"] for split in dataset.splits)
     meta = dataset.meta
     assert meta["normalization"]["CT"]["scheme"] == "ct"
-    assert meta["normalization"]["MR"] == {"scheme": "zscore", "clip_percentiles": [0.5, 99.5]}
+    assert meta["normalization"]["MR"] == {"scheme": "zscore", "clip_percentiles": [0.5, 99.5], "mask": "body"}
     assert meta["provenance"]["generator"] == "cmfnet synth"
     assert meta["provenance"]["kind"] == "npc" and meta["provenance"]["seed"] == 1
     assert meta["provenance"]["shape"] == list(NPC_SHAPE) and "cmfnet_version" in meta["provenance"]

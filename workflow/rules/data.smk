@@ -12,6 +12,8 @@ if DATA_SOURCE == "synth":
             "logs/data/{dataset}.log",
         params:
             args=synth_args(),
+            # the phantoms and their normalisation are shared code: a protocol bump remakes them
+            protocol=PROTOCOL,
         threads: 1
         resources:
             mem_mb=4000,
@@ -30,6 +32,8 @@ elif DATA_SOURCE == "import":
             "logs/data/{dataset}.log",
         params:
             args=import_args(),
+            # importers and their normalisation are shared code: a protocol bump re-imports
+            protocol=PROTOCOL,
         threads: 1
         resources:
             mem_mb=8000,
