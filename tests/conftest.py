@@ -16,6 +16,14 @@ SHAPE = (16, 32, 32)
 SPACING = (3.0, 1.25, 1.25)
 
 
+def write_case(folder: Path, case: str, labels: np.ndarray, spacing: tuple[float, ...]) -> Path:
+    """One label map as ``folder/<case>.nii.gz`` on a default grid, as predictions and references are stored."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{case}.nii.gz"
+    write_image(labels, path, Geometry.default(labels.shape, spacing))
+    return path
+
+
 def make_tiny_dataset(root: Path, n_cases: int = 8, folds: int = 3, seed: int = 0) -> Path:
     """Two channels with a sphere brighter on channel 1 (MR) than on channel 0 (CT), labels and
     `sim` scribbles (a foreground line through the sphere and a background line at the border)."""

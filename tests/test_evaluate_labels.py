@@ -12,19 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cmfnet.data.io import GRID_TOLERANCE, Geometry, write_image
+from cmfnet.data.io import GRID_TOLERANCE
 from cmfnet.errors import InputError
 from cmfnet.evaluation.evaluate import _label_values, evaluate_folders
 from cmfnet.evaluation.metrics import METRIC_COLUMNS, image_diagonal_mm
+from conftest import write_case
 
 SPACING = (3.0, 1.5, 1.5)
-
-
-def write_case(folder: Path, case: str, labels: np.ndarray, spacing: tuple[float, ...] = SPACING) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{case}.nii.gz"
-    write_image(labels, path, Geometry.default(labels.shape, spacing))
-    return path
 
 
 def two_blobs() -> np.ndarray:
@@ -36,8 +30,8 @@ def two_blobs() -> np.ndarray:
 
 def test_whole_floats_are_read_as_labels_and_booleans_as_zero_one(tmp_path: Path) -> None:
     ref = two_blobs()
-    write_case(tmp_path / "ref", "c", ref)
-    write_case(tmp_path / "pred", "c", ref.astype(np.float32))
+    write_case(tmp_path / "ref", "c", ref, SPACING)
+    write_case(tmp_path / "pred", "c", ref.astype(np.float32), SPACING)
     table = evaluate_folders(tmp_path / "pred", tmp_path / "ref")
     assert list(table["class_id"]) == [1, 2] and (table["dsc"] == 1.0).all()
 
@@ -51,10 +45,10 @@ def test_whole_floats_are_read_as_labels_and_booleans_as_zero_one(tmp_path: Path
 
 def test_a_label_map_with_non_integer_values_is_refused_naming_the_file(tmp_path: Path) -> None:
     ref = two_blobs()
-    write_case(tmp_path / "ref", "c", ref)
+    write_case(tmp_path / "ref", "c", ref, SPACING)
     pred = ref.astype(np.float32)
     pred[0, 0, 0] = 0.5
-    bad = write_case(tmp_path / "pred", "c", pred)
+    bad = write_case(tmp_path / "pred", "c", pred, SPACING)
     with pytest.raises(InputError) as err:
         evaluate_folders(tmp_path / "pred", tmp_path / "ref")
     assert (err.value.path, err.value.problem) == (str(bad), "label map has non-integer values")
@@ -70,9 +64,9 @@ def test_non_finite_values_are_not_labels(tmp_path: Path, bad_value: float) -> N
 
 def test_a_label_map_with_negative_values_is_refused_with_its_minimum(tmp_path: Path) -> None:
     ref = two_blobs().astype(np.int16)
-    write_case(tmp_path / "pred", "c", ref)
+    write_case(tmp_path / "pred", "c", ref, SPACING)
     ref[0, 0, 0] = -3
-    bad = write_case(tmp_path / "ref", "c", ref)
+    bad = write_case(tmp_path / "ref", "c", ref, SPACING)
     with pytest.raises(InputError) as err:
         evaluate_folders(tmp_path / "pred", tmp_path / "ref")
     assert (err.value.path, err.value.problem) == (str(bad), "label map has negative values (min -3)")
@@ -80,7 +74,7 @@ def test_a_label_map_with_negative_values_is_refused_with_its_minimum(tmp_path: 
 
 def test_spacing_within_the_grid_tolerance_is_the_same_grid_and_beyond_it_is_refused(tmp_path: Path) -> None:
     ref = two_blobs()
-    ref_path = write_case(tmp_path / "ref", "c", ref)
+    ref_path = write_case(tmp_path / "ref", "c", ref, SPACING)
     near = (SPACING[0] + GRID_TOLERANCE / 2, *SPACING[1:])
     write_case(tmp_path / "pred", "c", ref, near)
     assert (evaluate_folders(tmp_path / "pred", tmp_path / "ref")["dsc"] == 1.0).all()
@@ -98,16 +92,16 @@ def test_a_false_positive_of_a_class_this_reference_lacks_is_scored_not_called_b
     """Classes inferred from the references: case b's reference has no class 2, its prediction
     does; that row must count the false positives, not be filled in as a perfect both-empty row."""
     both = two_blobs()
-    write_case(tmp_path / "ref", "a", both)
-    write_case(tmp_path / "pred", "a", both)
+    write_case(tmp_path / "ref", "a", both, SPACING)
+    write_case(tmp_path / "pred", "a", both, SPACING)
     only_one = np.where(both == 1, 1, 0).astype(np.uint8)
-    write_case(tmp_path / "ref", "b", only_one)
-    write_case(tmp_path / "pred", "b", both)
+    write_case(tmp_path / "ref", "b", only_one, SPACING)
+    write_case(tmp_path / "pred", "b", both, SPACING)
     table = evaluate_folders(tmp_path / "pred", tmp_path / "ref").set_index(["case", "class_id"])
     row = table.loc[("b", 2)]
     assert (row["empty"], row["fp"], row["n_pred"], row["n_ref"], row["dsc"]) == ("ref", 18, 18, 0, 0.0)
 
-    write_case(tmp_path / "pred", "b", only_one)
+    write_case(tmp_path / "pred", "b", only_one, SPACING)
     table = evaluate_folders(tmp_path / "pred", tmp_path / "ref").set_index(["case", "class_id"])
     assert list(table.reset_index().columns) == ["case", *METRIC_COLUMNS]
     assert list(table["class"]) == ["label_1", "label_2", "label_1", "label_2"]
@@ -122,10 +116,10 @@ def test_a_false_positive_of_a_class_this_reference_lacks_is_scored_not_called_b
 
 def test_a_predicted_label_no_reference_holds_is_named_with_the_references_labels(tmp_path: Path) -> None:
     ref = two_blobs()
-    write_case(tmp_path / "ref", "c", ref)
+    write_case(tmp_path / "ref", "c", ref, SPACING)
     pred = ref.copy()
     pred[0, 0, :7] = [3, 4, 5, 6, 7, 8, 9]
-    bad = write_case(tmp_path / "pred", "c", pred)
+    bad = write_case(tmp_path / "pred", "c", pred, SPACING)
     with pytest.raises(InputError) as err:
         evaluate_folders(tmp_path / "pred", tmp_path / "ref")
     assert (err.value.path, err.value.problem) == (
@@ -134,9 +128,9 @@ def test_a_predicted_label_no_reference_holds_is_named_with_the_references_label
 
 def test_only_visible_nifti_files_of_the_prediction_folder_are_cases(tmp_path: Path) -> None:
     labels = two_blobs()
-    write_case(tmp_path / "ref", "c", labels)
-    write_case(tmp_path / "pred", "c", labels)
-    write_case(tmp_path / "pred", ".partial", labels)  # what an interrupted writer may leave
+    write_case(tmp_path / "ref", "c", labels, SPACING)
+    write_case(tmp_path / "pred", "c", labels, SPACING)
+    write_case(tmp_path / "pred", ".partial", labels, SPACING)  # what an interrupted writer may leave
     (tmp_path / "pred" / "notes.txt").write_text("not a prediction")
     assert sorted(set(evaluate_folders(tmp_path / "pred", tmp_path / "ref")["case"])) == ["c"]
 
@@ -145,7 +139,7 @@ def test_only_visible_nifti_files_of_the_prediction_folder_are_cases(tmp_path: P
                                               ("ref", "reference folder not found")])
 def test_a_missing_folder_is_named_with_its_role(tmp_path: Path, missing: str, problem: str) -> None:
     for folder in {"pred", "ref"} - {missing}:
-        write_case(tmp_path / folder, "c", two_blobs())
+        write_case(tmp_path / folder, "c", two_blobs(), SPACING)
     with pytest.raises(InputError) as err:
         evaluate_folders(tmp_path / "pred", tmp_path / "ref")
     assert (err.value.path, err.value.problem) == (str(tmp_path / missing), problem)
@@ -153,7 +147,7 @@ def test_a_missing_folder_is_named_with_its_role(tmp_path: Path, missing: str, p
 
 def test_jobs_below_one_are_refused(tmp_path: Path) -> None:
     for folder in ("pred", "ref"):
-        write_case(tmp_path / folder, "c", two_blobs())
+        write_case(tmp_path / folder, "c", two_blobs(), SPACING)
     with pytest.raises(InputError) as err:
         evaluate_folders(tmp_path / "pred", tmp_path / "ref", jobs=0)
     assert (err.value.path, err.value.problem) == (str(tmp_path / "pred"), "jobs must be >= 1, got 0")

@@ -15,10 +15,11 @@ from scipy import ndimage
 import cmfnet
 from cmfnet import cli
 from cmfnet.errors import InputError
-from cmfnet.data.io import Geometry, write_image, write_json
+from cmfnet.data.io import write_json
 from cmfnet.data.dataset import make_dataset_json
 from cmfnet.evaluation.metrics import evaluate_case, image_diagonal_mm
 from cmfnet.evaluation.evaluate import evaluate_folders
+from conftest import write_case
 
 SPACING = (3.0, 1.27, 1.27)
 CLASSES = {1: "tumour", 2: "node", 3: "organ"}
@@ -166,22 +167,14 @@ def test_mismatched_shapes_or_spacing_are_refused_with_what_differs() -> None:
 
 
 # -- folders -------------------------------------------------------------------------------------
-def write_case(folder: Path, case: str, labels: np.ndarray,
-               spacing: tuple[float, ...] = SPACING) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{case}.nii.gz"
-    write_image(labels, path, Geometry.default(labels.shape, spacing))
-    return path
-
-
 @pytest.fixture
 def case_folders(tmp_path: Path) -> tuple[Path, Path, dict[str, tuple[np.ndarray, np.ndarray]]]:
     arrays = {}
     for i, case in enumerate(["case_b", "case_a"]):
         ref = smooth_labels((10, 28, 24), 10 + i)
         pred = perturbed(ref, 20 + i)
-        write_case(tmp_path / "ref", case, ref)
-        write_case(tmp_path / "pred", case, pred)
+        write_case(tmp_path / "ref", case, ref, SPACING)
+        write_case(tmp_path / "pred", case, pred, SPACING)
         arrays[case] = (pred, ref)
     return tmp_path / "pred", tmp_path / "ref", arrays
 
@@ -208,11 +201,11 @@ def test_inferred_classes_come_from_the_references(tmp_path: Path) -> None:
     ref = np.zeros((6, 12, 12), np.uint8)
     ref[1:3, 2:5, 2:5] = 1
     ref[4:5, 7:10, 7:10] = 2
-    write_case(tmp_path / "ref", "with_both", ref)
-    write_case(tmp_path / "pred", "with_both", ref)
+    write_case(tmp_path / "ref", "with_both", ref, SPACING)
+    write_case(tmp_path / "pred", "with_both", ref, SPACING)
     only_one = np.where(ref == 1, 1, 0).astype(np.uint8)
-    write_case(tmp_path / "ref", "with_one", only_one)
-    write_case(tmp_path / "pred", "with_one", only_one)
+    write_case(tmp_path / "ref", "with_one", only_one, SPACING)
+    write_case(tmp_path / "pred", "with_one", only_one, SPACING)
     table = evaluate_folders(tmp_path / "pred", tmp_path / "ref")
     assert list(zip(table["case"], table["class_id"], table["empty"])) == [
         ("with_both", 1, "none"), ("with_both", 2, "none"),
@@ -221,7 +214,7 @@ def test_inferred_classes_come_from_the_references(tmp_path: Path) -> None:
 
     hallucinated = only_one.copy()
     hallucinated[0, 0, 0] = 5
-    bad = write_case(tmp_path / "pred", "with_one", hallucinated)
+    bad = write_case(tmp_path / "pred", "with_one", hallucinated, SPACING)
     with pytest.raises(InputError, match="5") as err:
         evaluate_folders(tmp_path / "pred", tmp_path / "ref")
     assert err.value.path == str(bad)
@@ -238,7 +231,7 @@ def test_missing_reference_is_an_input_error(case_folders) -> None:
 @pytest.mark.parametrize("pred_shape, pred_spacing", [((10, 28, 24), (3.0, 1.0, 1.27)),
                                                       ((10, 28, 25), SPACING)])
 def test_mismatched_grid_is_an_input_error(tmp_path: Path, pred_shape, pred_spacing) -> None:
-    write_case(tmp_path / "ref", "c", np.ones((10, 28, 24), np.uint8))
+    write_case(tmp_path / "ref", "c", np.ones((10, 28, 24), np.uint8), SPACING)
     bad = write_case(tmp_path / "pred", "c", np.ones(pred_shape, np.uint8), pred_spacing)
     with pytest.raises(InputError, match="grid") as err:
         evaluate_folders(tmp_path / "pred", tmp_path / "ref", CLASSES)
@@ -250,8 +243,8 @@ def test_label_outside_declared_classes_is_an_input_error(tmp_path: Path, side: 
     labels = np.ones((4, 8, 8), np.uint8)
     wrong = labels.copy()
     wrong[0, 0, 0] = 4
-    write_case(tmp_path / "ref", "c", wrong if side == "ref" else labels)
-    write_case(tmp_path / "pred", "c", wrong if side == "pred" else labels)
+    write_case(tmp_path / "ref", "c", wrong if side == "ref" else labels, SPACING)
+    write_case(tmp_path / "pred", "c", wrong if side == "pred" else labels, SPACING)
     with pytest.raises(InputError, match=r"\[4\] outside the declared classes") as err:
         evaluate_folders(tmp_path / "pred", tmp_path / "ref", CLASSES)
     assert err.value.path == str(tmp_path / side / "c.nii.gz")
@@ -259,7 +252,7 @@ def test_label_outside_declared_classes_is_an_input_error(tmp_path: Path, side: 
 
 def test_empty_prediction_folder_is_an_input_error(tmp_path: Path) -> None:
     (tmp_path / "pred").mkdir()
-    write_case(tmp_path / "ref", "c", np.ones((4, 8, 8), np.uint8))
+    write_case(tmp_path / "ref", "c", np.ones((4, 8, 8), np.uint8), SPACING)
     with pytest.raises(InputError, match="no \\*.nii.gz predictions") as err:
         evaluate_folders(tmp_path / "pred", tmp_path / "ref", CLASSES)
     assert err.value.path == str(tmp_path / "pred")
@@ -273,7 +266,7 @@ def evaluate_cli():
 
 def make_dataset(root: Path, cases: dict[str, np.ndarray]) -> None:
     for case, labels in cases.items():
-        write_case(root / "labelsTr", case, labels)
+        write_case(root / "labelsTr", case, labels, SPACING)
     labels = {"background": 0, **{name: k for k, name in CLASSES.items()}}
     write_json(make_dataset_json("toy", ["CT", "MR"], labels, list(cases), SPACING, splits=[]),
                root / "dataset.json")
@@ -287,7 +280,7 @@ def test_rows_and_versions_do_not_need_medpy(tmp_path: Path, evaluate_cli, monke
     monkeypatch.setitem(sys.modules, "medpy", None)  # `import medpy` now raises ImportError
     assert "medpy" not in versions() and versions()["cmfnet"] == cmfnet.__version__
     make_dataset(tmp_path / "data", {"p1": smooth_labels((8, 24, 24), 5)})
-    write_case(tmp_path / "pred", "p1", smooth_labels((8, 24, 24), 5))
+    write_case(tmp_path / "pred", "p1", smooth_labels((8, 24, 24), 5), SPACING)
     out = tmp_path / "metrics.csv"
     assert evaluate_cli(["evaluate", "--pred", str(tmp_path / "pred"), "--dataset", str(tmp_path / "data"),
                          "--out", str(out), "--jobs", "1"]) == 0
@@ -298,7 +291,7 @@ def test_cli_writes_the_csv_with_tags_and_versions(tmp_path: Path, evaluate_cli,
     refs = {"p1": smooth_labels((8, 24, 24), 5), "p2": smooth_labels((8, 24, 24), 6)}
     make_dataset(tmp_path / "data", refs)
     for case, ref in refs.items():
-        write_case(tmp_path / "pred", case, perturbed(ref, 7))
+        write_case(tmp_path / "pred", case, perturbed(ref, 7), SPACING)
     out = tmp_path / "results" / "metrics.csv"
     code = evaluate_cli(["evaluate", "--pred", str(tmp_path / "pred"), "--dataset",
                          str(tmp_path / "data"), "--out", str(out),
@@ -318,7 +311,7 @@ def test_cli_writes_the_csv_with_tags_and_versions(tmp_path: Path, evaluate_cli,
 
 def test_cli_mismatched_grid_exits_2_and_writes_nothing(tmp_path: Path, evaluate_cli,
                                                          capsys) -> None:
-    write_case(tmp_path / "ref", "c", np.ones((4, 8, 8), np.uint8))
+    write_case(tmp_path / "ref", "c", np.ones((4, 8, 8), np.uint8), SPACING)
     write_case(tmp_path / "pred", "c", np.ones((4, 8, 8), np.uint8), (1.0, 1.0, 1.0))
     out = tmp_path / "metrics.csv"
     code = evaluate_cli(["evaluate", "--pred", str(tmp_path / "pred"), "--ref",
@@ -329,7 +322,7 @@ def test_cli_mismatched_grid_exits_2_and_writes_nothing(tmp_path: Path, evaluate
 
 
 def test_cli_needs_a_reference_folder_or_a_dataset(tmp_path: Path, evaluate_cli, capsys) -> None:
-    write_case(tmp_path / "pred", "c", np.ones((4, 8, 8), np.uint8))
+    write_case(tmp_path / "pred", "c", np.ones((4, 8, 8), np.uint8), SPACING)
     code = evaluate_cli(["evaluate", "--pred", str(tmp_path / "pred"),
                          "--out", str(tmp_path / "m.csv")])
     assert code == 2
