@@ -299,6 +299,37 @@ def test_vnet_keeps_the_input_shape(downsamplings: int, n_convs: object) -> None
     assert model.size_divisor == side
 
 
+@pytest.mark.parametrize("arch", ["vnet", "cmfnet"])
+def test_cpu_layout_changes_the_memory_layout_not_the_values(arch: str) -> None:
+    """Narrow convolutions go channels-last, wide ones stay contiguous, and the outputs and
+    gradients match the default layout's (this test fails when a hook alters or drops an input)."""
+    from cmfnet.training.device import CHANNELS_LAST_MAX_CHANNELS, set_cpu_layout
+    from cmfnet.training.networks import build_network
+
+    torch.manual_seed(0)
+    plain = build_network({"arch": arch, "width": 8, "dropout": 0.0}, in_channels=2, num_classes=2).eval()
+    fast = set_cpu_layout(copy.deepcopy(plain), torch.device("cpu"))
+    assert set_cpu_layout(fast, torch.device("cpu")) is fast  # a second call adds no hooks
+    convs = [m for m in fast.modules() if isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d))]
+    assert all(len(m._forward_pre_hooks) == 1 for m in convs)
+    narrow = [max(m.in_channels, m.out_channels) <= CHANNELS_LAST_MAX_CHANNELS for m in convs]
+    assert any(narrow) and not all(narrow)
+    for conv, is_narrow in zip(convs, narrow):
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last_3d) == is_narrow or conv.weight.shape[2:].numel() == 1
+    x = torch.randn(2, 2, 16, 32, 32)
+    outs = []
+    for model in (plain, fast):
+        model.zero_grad()
+        out = model(x)
+        out = torch.cat([o.flatten() for o in out.values()]) if isinstance(out, dict) else out
+        out.square().mean().backward()
+        outs.append((out.detach(), [p.grad.clone() for p in model.parameters()]))
+    assert torch.allclose(outs[0][0], outs[1][0], atol=1e-5)
+    for g_plain, g_fast in zip(outs[0][1], outs[1][1]):
+        assert torch.allclose(g_plain, g_fast, atol=1e-4, rtol=1e-3)
+    assert set_cpu_layout(plain, torch.device("meta")) is plain and not hasattr(plain, "_cpu_layout")
+
+
 @pytest.mark.parametrize("damage", ["missing_modality", "label_out_of_range", "other_grid", "corrupt"])
 def test_train_cli_rejects_bad_datasets_with_one_line(damage: str, tmp_path: Path, tiny_dataset: Path,
                                                       capsys: pytest.CaptureFixture[str]) -> None:

@@ -62,7 +62,7 @@ from cmfnet.errors import InputError
 from cmfnet.training.cards import Card
 from cmfnet.training.config import TrainConfig
 from cmfnet.training.contract import Batch, Method, StepInfo, TrainingContext
-from cmfnet.training.device import amp_dtype, mixed_precision, resolve_device
+from cmfnet.training.device import amp_dtype, mixed_precision, resolve_device, set_cpu_layout
 from cmfnet.training.model import FORMAT_VERSION, model_meta, write_trained_model
 from cmfnet.training.plugins import load_method
 from cmfnet.training.sampling import TrainVolume, pad_volume
@@ -117,8 +117,7 @@ def _ema_update(target: nn.Module, source: nn.Module, iteration: int, decay: flo
     buffer (and all of them otherwise) is copied from ``source``."""
     d = min(1.0 - 1.0 / (iteration + 1), decay)
     with torch.no_grad():
-        for t, s in zip(target.parameters(), source.parameters()):
-            t.mul_(d).add_(s.detach(), alpha=1.0 - d)
+        torch._foreach_lerp_(list(target.parameters()), [s.detach() for s in source.parameters()], 1.0 - d)
         for t, s in zip(target.buffers(), source.buffers()):
             if average_buffers and t.is_floating_point():
                 t.mul_(d).add_(s, alpha=1.0 - d)
@@ -155,7 +154,8 @@ class Trainer:
         seed_everything(config.seed)
         self.rng = np.random.default_rng(config.seed)
         try:
-            self.model = self.method.build_network(len(self.channels), self.num_classes).to(self.device)
+            self.model = set_cpu_layout(
+                self.method.build_network(len(self.channels), self.num_classes).to(self.device), self.device)
         except ValueError as err:  # the constructor's own checks (channel count, option combinations)
             raise InputError(card.path, f"network: {err}") from None
         self.size_divisor = int(getattr(self.model, "size_divisor", 16))
@@ -239,7 +239,7 @@ class Trainer:
         if self.config.optimizer == "sgd":
             return torch.optim.SGD(params, lr=lr, momentum=self.config.momentum,
                                    weight_decay=self.config.weight_decay)
-        return torch.optim.Adam(params, lr=lr, weight_decay=self.config.weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=self.config.weight_decay, fused=True)
 
     def _autocast(self) -> Any:
         return mixed_precision(self.device, self.config.amp)

@@ -26,7 +26,7 @@ from cmfnet.errors import InputError
 from cmfnet.training.cards import Card, parse_override
 from cmfnet.training.config import TrainConfig
 from cmfnet.training.contract import ExternalMethod, Method
-from cmfnet.training.device import mixed_precision
+from cmfnet.training.device import mixed_precision, set_cpu_layout
 from cmfnet.training.plugins import load_method
 from cmfnet.training.sliding_window import sliding_window_probabilities
 
@@ -213,7 +213,7 @@ class TrainedModel:
                                        tuple(float(s) for s in spacing), self.meta.get("external") or {},
                                        device, overlap)
         selected = normalize_image(image[channels], names, self.meta["normalization"])
-        self.model.to(device)
+        set_cpu_layout(self.model.to(device), device)
         tensor = torch.from_numpy(np.ascontiguousarray(selected)).to(device)
         amp = self.meta["train"].get("amp", True)
 
