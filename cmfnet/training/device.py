@@ -56,7 +56,8 @@ def set_cpu_layout(model: nn.Module, device: torch.device) -> nn.Module:
     ``CHANNELS_LAST_MAX_CHANNELS`` channels keep channels-last weights, the others PyTorch's
     default, and a forward pre-hook brings each convolution's input to its layout: activations
     change layout only where the network crosses that width. A training iteration then takes
-    28 % less time for CmFNet, 12 % for USTM and about 20 % for the V-Net rows (docs/benchmarks.md).
+    23-27 % less time for the CmFNet rows, 13 % for USTM and 3-25 % for the V-Net rows
+    (docs/benchmarks.md).
     The values computed are the same up to floating-point summation order. CUDA is left as it is:
     the layouts have not been measured there. Calling it twice changes nothing.
     """
