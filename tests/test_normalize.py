@@ -89,5 +89,41 @@ def test_a_body_mask_takes_the_statistics_from_the_body_found_in_every_channel()
     assert abs(z_scored[0] - z_scored[1]) < 0.1  # the same tissue, whatever the air
     whole = [normalize_channel(np.where(np.arange(16) >= a, 300.0, 20.0), None).max() for a in (4, 12)]
     assert abs(whole[0] - whole[1]) > 0.5  # a whole-volume z-score moves the tissue with the air
-    with pytest.raises(ValueError, match="needs the whole image"):
+    with pytest.raises(ValueError, match=r"^z-score mask 'body' needs the whole image: use normalize_image$"):
         normalize_channel(np.ones((2, 2)), {"scheme": "zscore", "mask": "body"})
+
+
+def test_a_ct_channel_finds_the_body_by_hounsfield_units_not_by_otsu() -> None:
+    """Lung-like tissue at -450 HU is body by the CT threshold (-500 HU), though Otsu's threshold on
+    the noisy CT would cut it off (it falls between -450 and 40 HU here); the MR's z-score takes its
+    statistics from that body. Fails when the CT channel is handed to body_mask as an MR one."""
+    rng = np.random.default_rng(2)
+    ct = rng.normal(-1000.0, 20.0, (4, 16, 16))  # noisy air: no constant fill
+    ct[:, :, 2:8] = -450.0
+    ct[:, :, 8:] = 40.0
+    mr = rng.normal(20.0, 5.0, ct.shape)  # air and lung are dark on MR
+    mr[:, :, 8:] = rng.normal(300.0, 30.0, (4, 16, 8))
+    spec = {"CT": {"scheme": "ct"}, "MR": {"scheme": "zscore", "mask": "body"}}
+    out = normalize_image(np.stack([ct, mr]), ["CT", "MR"], spec)[1]
+    body = ct > -500
+    np.testing.assert_array_equal(body_mask([ct, mr], ["ct", "mr"]), body)
+    assert abs(float(out[body].mean())) < 1e-4 and abs(float(out[body].std()) - 1.0) < 1e-3
+
+
+@pytest.mark.parametrize("spec", [None, {"scheme": "ct"}, {"scheme": "zscore", "mask": "nonzero"},
+                                  {"scheme": "zscore", "mask": "body"}, {"scheme": "none"}])
+def test_every_scheme_returns_float32(spec: dict | None) -> None:
+    """Networks and the sliding window expect float32; a float64 channel doubles the memory of
+    every case."""
+    image = np.random.default_rng(3).normal(100.0, 50.0, (1, 4, 16, 16)).astype(np.int16)
+    assert normalize_image(image, ["X"], {"X": spec} if spec else None).dtype == np.float32
+
+
+def test_a_body_mask_on_every_channel_is_found_without_a_ct() -> None:
+    """A one-channel MR dataset that declares the body mask: the body comes from the MR alone (its
+    air is a constant fill here), and the statistics from that body."""
+    mr = np.zeros((4, 16, 16))
+    mr[:, :, 6:] = np.random.default_rng(4).normal(300.0, 30.0, (4, 16, 10))
+    out = normalize_image(mr[None], ["MR"], {"MR": {"scheme": "zscore", "mask": "body"}})[0]
+    body = mr > 0
+    assert abs(float(out[body].mean())) < 1e-4 and abs(float(out[body].std()) - 1.0) < 1e-3
