@@ -167,12 +167,14 @@ def npc_cases() -> tuple[tuple[int, int, int], list[dict[str, np.ndarray]]]:
     return shape, [phantoms.npc_case(phantoms.case_rng("npc", 0, i), shape, spacing) for i in range(12)]
 
 
-def test_tumour_is_hard_to_see_on_ct_and_clear_on_mr(npc_cases) -> None:
+def test_tumour_shows_on_ct_and_more_clearly_on_mr(npc_cases) -> None:
+    """Protocol 7: CT shows the tumour (15-30 HU above muscle, CNR about 1.5; it was about 0.5
+    at 3-12 HU), MR shows it about three times as clearly."""
     _, cases = npc_cases
     ct_cnr, mr_cnr = np.array([_tumour_cnr(case) for case in cases]).T
-    assert np.median(ct_cnr) < 1.0
+    assert 1.0 < np.median(ct_cnr) < 2.5
     assert np.median(mr_cnr) > 2.0
-    assert np.median(mr_cnr) > 3 * np.median(ct_cnr)
+    assert np.median(mr_cnr) > 2 * np.median(ct_cnr)
     assert (mr_cnr > ct_cnr).mean() >= 0.9
 
 

@@ -6,10 +6,11 @@ not redistributable, so the default pipeline runs on phantoms that keep what mak
 what they are:
 
 - ``npc``: paired CT + T2-like MR of the head and neck on one grid, one class (tumour). As in the
-  clinic the modalities are complementary: the tumour is a few HU above muscle on CT (under
-  10-20 HU of noise) but bright on MR; MR has a multiplicative bias field, stronger relative
-  (Rician) noise, blurrier edges and a sub-millimetre registration residual, and other bright
-  structures (mucosa, lymph nodes, fat, CSF) that CT anatomy helps to rule out.
+  paper's data the modalities are complementary: the tumour enhances 15-30 HU above muscle on
+  CT (under 10-20 HU of noise, so that CT alone segments it a little better than MR alone, as in
+  the paper's Table IV) and is bright on MR; MR has a multiplicative bias field, stronger
+  relative (Rician) noise, blurrier edges and a sub-millimetre registration residual, and other
+  bright structures (mucosa, lymph nodes, fat, CSF) that CT anatomy helps to rule out.
 - ``word``: single-channel abdominal CT, seven organs with realistic relative HU, sizes and
   positions; gallbladder and pancreas small and low in contrast.
 
