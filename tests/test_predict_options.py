@@ -17,32 +17,18 @@ from cmfnet.data.dataset import Dataset
 from cmfnet.evaluation import predict as inference
 from cmfnet.training.model import TrainedModel
 
-from test_predict_reliability import image_args, predict, refusal, train_tiny, upsample
-from conftest import make_tiny_dataset
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(model folder, dataset folder); tests must not modify them."""
-    root = tmp_path_factory.mktemp("predict_options")
-    dataset = make_tiny_dataset(root / "tiny")
-    return train_tiny(root, dataset, iterations=10), dataset
-
-
-@pytest.fixture
-def patient(trained: tuple[Path, Path]) -> list[Path]:
-    dataset = Dataset(trained[1])
-    return dataset.image_paths(dataset.split(0)["test"][0])
+# the module's trained tiny model and a test case's images, shared with test_predict_reliability
+from test_predict_reliability import image_args, patient, predict, refusal, trained, upsample  # noqa: F401
 
 
 @pytest.fixture
 def segment_calls(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
-    """The keyword arguments of every TrainedModel.segment call (the real segment still runs)."""
+    """The overlap and spacing of every TrainedModel.segment call (the real segment still runs)."""
     calls: list[dict] = []
     real = TrainedModel.segment
 
     def spy(self: TrainedModel, image: np.ndarray, device, overlap: float = 0.5, spacing=None) -> np.ndarray:
-        calls.append({"overlap": overlap, "spacing": spacing, "shape": image.shape})
+        calls.append({"overlap": overlap, "spacing": spacing})
         return real(self, image, device, overlap=overlap, spacing=spacing)
 
     monkeypatch.setattr(TrainedModel, "segment", spy)
