@@ -7,12 +7,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from cmfnet import __version__
 from cmfnet.errors import InputError
 from cmfnet.training.cards import load_card
-from cmfnet.training.model import FORMAT_VERSION, MODEL_META_KEYS, TrainedModel, read_model_file
+from cmfnet.training.model import (FORMAT_VERSION, MODEL_META_KEYS, TrainedModel, _version_tuple,
+                                   _weights_problem, read_model_file, versions, write_trained_model)
 from cmfnet.training.plugins import load_method
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,3 +83,91 @@ def test_switching_every_term_off_is_refused() -> None:
         load_method(card)
     assert (error.value.path, error.value.problem) == (
         str(card.path), "params switch every loss term off (use_ssl, use_imr, use_imc)")
+
+
+# --- a model.pt written by hand (no training), for TrainedModel.load's own checks ---------------
+
+def write_model(out: Path, card_file: str = "cmfnet.yaml", **meta_changes: object) -> Path:
+    """A model.pt of the card's untrained network, as the engine writes it, with ``meta_changes``."""
+    card = load_card(REPO / "methods" / card_file)
+    weights = load_method(card).build_network(2, 2).state_dict()
+    meta = {"card": card.to_dict(), "card_path": str(card.path), "channels": [0, 1],
+            "channel_names": ["CT", "MR"], "num_classes": 2, "normalization": {},
+            "patch_size": [8, 16, 16], "size_divisor": [8, 16, 16],
+            "train": {"batch_size": 2, "amp": False}, "fold": 0, "versions": versions()} | meta_changes
+    write_trained_model(out, weights, meta)
+    return out / "model.pt"
+
+
+def load_refusal(model_dir: Path, overrides: tuple[str, ...] = ()) -> tuple[str, str]:
+    with pytest.raises(InputError) as error:
+        TrainedModel.load(model_dir, overrides)
+    return error.value.path, error.value.problem
+
+
+def test_versions_record_every_library_under_its_name() -> None:
+    import platform
+
+    import SimpleITK
+
+    assert versions() == {"cmfnet": __version__, "python": platform.python_version(),
+                          "torch": str(torch.__version__), "cuda": torch.version.cuda or "none",
+                          "numpy": np.__version__, "simpleitk": SimpleITK.Version.VersionString()}
+
+
+@pytest.mark.parametrize("text, parsed", [
+    ("0.10.2", (0, 10, 2)), ("2.13.0+cpu", (2, 13, 0)), ("1.2+cu121", (1, 2)), ("1.2.3.4", (1, 2, 3)),
+])
+def test_release_numbers_ignore_the_local_part_and_a_fourth_number(text: str, parsed: tuple) -> None:
+    assert _version_tuple(text) == parsed
+
+
+def test_weights_that_do_not_fit_are_listed_three_at_a_time() -> None:
+    net = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 1))  # 0.weight 0.bias 1.weight 1.bias
+    assert _weights_problem(net, {}) == "missing 0.weight, 0.bias, 1.weight (+1 more)"
+    weights = dict(net.state_dict())
+    assert _weights_problem(net, weights) is None
+    del weights["1.bias"]
+    weights["extra"] = torch.zeros(1)
+    weights["0.bias"] = torch.zeros(4)
+    assert _weights_problem(net, weights) == "missing 1.bias; unexpected extra; shape of 0.bias (4,) not (3,)"
+    three = {k: v for k, v in net.state_dict().items() if k == "0.weight"}
+    assert _weights_problem(net, three) == "missing 0.bias, 1.weight, 1.bias"
+
+
+def test_a_model_loads_and_names_its_file_when_an_image_lacks_a_channel(tmp_path: Path) -> None:
+    path = write_model(tmp_path)
+    model = TrainedModel.load(tmp_path)
+    assert model.path == path and model.method.params["output"] == "mm"
+    with pytest.raises(InputError) as error:
+        model.segment(np.zeros((1, 8, 16, 16), np.float32), torch.device("cpu"))
+    assert (error.value.path, error.value.problem) == (str(path), "image has 1 channels, model uses [0, 1]")
+
+
+def test_set_changes_an_inference_param_and_nothing_else(tmp_path: Path) -> None:
+    write_model(tmp_path)
+    model = TrainedModel.load(tmp_path, ("params.output=ct",))
+    assert model.method.params["output"] == "ct"
+    assert load_refusal(tmp_path, ("params.lambda_ct=0.5",)) == (
+        "--set", "'params.lambda_ct' would change what was trained; a trained 'cmfnet' model can only "
+                 "change: params.output")
+    assert load_refusal(tmp_path, ("output=ct",)) == (
+        "--set", "'output' would change what was trained; a trained 'cmfnet' model can only change: params.output")
+    assert load_refusal(tmp_path, ("params.output",))[0] == "--set"
+
+
+def test_set_on_a_model_without_inference_params_says_none(tmp_path: Path) -> None:
+    write_model(tmp_path, "pce.yaml")
+    assert load_refusal(tmp_path, ("params.output=ct",)) == (
+        "--set", "'params.output' would change what was trained; a trained 'pce' model can only change: none")
+
+
+def test_a_model_whose_card_is_broken_names_the_model_file(tmp_path: Path) -> None:
+    card = load_card(REPO / "methods" / "cmfnet.yaml").to_dict()
+    path = write_model(tmp_path, card=["not", "a", "mapping"])
+    assert load_refusal(tmp_path) == (str(path), "meta 'card' is not a mapping")
+    write_model(tmp_path, card=card | {"params": card["params"] | {"lambda_ct": -1.0}})
+    assert load_refusal(tmp_path) == (str(path), "its card: params.lambda_ct must be a number >= 0, got -1.0")
+    write_model(tmp_path, channels=[0, 1, 2], channel_names=["CT", "MR", "PET"])  # CmFNet takes two
+    found = load_refusal(tmp_path)
+    assert found[0] == str(path) and found[1].startswith("its card's network cannot be built (") and "3" in found[1]
