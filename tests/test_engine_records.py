@@ -1,0 +1,205 @@
+"""What the engine builds and records besides the weights: the optimiser and learning-rate schedule
+the train block asks for, the logged loss means, model.pt's record of the run, where log lines go,
+and what it does with unusable checkpoints or a dataset without optional fields. Written for the
+engine's mutation survivors of 2026-12-05 (docs/testing.md): each test failed on the mutants
+named in its docstring."""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cmfnet.data.dataset import Dataset
+from cmfnet.data.normalize import normalize_image
+from cmfnet.training.cards import load_card
+from cmfnet.training.config import TrainConfig
+from cmfnet.training.contract import TrainingContext
+from cmfnet.training.device import resolve_device
+from cmfnet.training.engine import Trainer
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = {"iterations": 8, "batch_size": 2, "patch_size": [16, 16, 16], "val_interval": 4,
+        "checkpoint_interval": 4, "log_interval": 4}
+
+
+def make_trainer(tmp_path: Path, dataset: Path | Dataset, out: str = "out", card: str = "pce.yaml",
+                 device: str | None = "cpu", **train: object) -> Trainer:
+    card_obj = load_card(REPO / "methods" / card, ["network.width=2"])
+    data = dataset if isinstance(dataset, Dataset) else Dataset(dataset)
+    config = TrainConfig(**{**FAST, **train})
+    if device is None:
+        return Trainer(card_obj, data, 0, tmp_path / out, config)
+    return Trainer(card_obj, data, 0, tmp_path / out, config, device=device)
+
+
+@pytest.mark.parametrize("optimizer, schedule, poly", [("sgd", "auto", True), ("adam", "auto", False),
+                                                        ("adam", "poly", True), ("sgd", "constant", False)])
+def test_optimiser_and_learning_rate_follow_the_train_block(optimizer: str, schedule: str, poly: bool,
+                                                            tmp_path: Path, tiny_dataset: Path) -> None:
+    """auto is poly (exponent 0.9) for SGD and constant for Adam; SGD takes the block's momentum and
+    weight decay (fails on ``!=`` for ``==`` in either choice, ``* 0.9`` for ``** 0.9``, or a
+    dropped lr)."""
+    trainer = make_trainer(tmp_path, tiny_dataset, optimizer=optimizer, schedule=schedule, lr=0.02,
+                           momentum=0.8, weight_decay=1e-4, iterations=10)
+    expected_type = torch.optim.SGD if optimizer == "sgd" else torch.optim.Adam
+    assert type(trainer.optimizer) is expected_type
+    group = trainer.optimizer.param_groups[0]
+    assert group["lr"] == 0.02 and group["weight_decay"] == 1e-4
+    if optimizer == "sgd":
+        assert group["momentum"] == 0.8
+    for iteration in (0, 3, 5, 10):
+        want = 0.02 * (1 - iteration / 10) ** 0.9 if poly else 0.02
+        assert trainer._lr_at(iteration) == pytest.approx(want, abs=1e-12), iteration
+
+
+def test_a_restarted_schedule_starts_at_the_new_rate(tmp_path: Path, tiny_dataset: Path) -> None:
+    """reset_optimizer (S2L's and DMSPS's stage 2) restarts the poly schedule from the current
+    iteration with the rate given, or the block's rate without one."""
+    trainer = make_trainer(tmp_path, tiny_dataset, optimizer="sgd", lr=0.02, iterations=10)
+    trainer.iteration = 4
+    trainer.reset_optimizer(0.5)
+    assert (trainer.base_lr, trainer.lr_origin) == (0.5, 4)
+    assert trainer.optimizer.param_groups[0]["lr"] == 0.5
+    assert trainer._lr_at(4) == 0.5 and trainer._lr_at(7) == pytest.approx(0.5 * 0.5 ** 0.9)
+    trainer.reset_optimizer()
+    assert trainer.base_lr == 0.02
+
+
+def test_logged_rate_and_loss_are_each_windows_values(tmp_path: Path, tiny_dataset: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """train_log.csv's lr is the rate of the window's last step, its loss the window's mean (fails
+    when the window's step count starts at 1)."""
+    trainer = make_trainer(tmp_path, tiny_dataset, optimizer="sgd", val_interval=0)
+    losses: list[float] = []
+    original = trainer.method.loss
+
+    def recording(model: torch.nn.Module, batch: object, step: object) -> tuple:
+        loss, parts = original(model, batch, step)
+        losses.append(float(loss.detach()))
+        return loss, parts
+
+    monkeypatch.setattr(trainer.method, "loss", recording)
+    trainer.fit()
+    log = pd.read_csv(tmp_path / "out" / "train_log.csv")
+    assert log["iteration"].tolist() == [4, 8]
+    assert log["loss"].tolist() == pytest.approx([np.mean(losses[:4]), np.mean(losses[4:])], rel=1e-6)
+    assert log["lr"].tolist() == pytest.approx([trainer._lr_at(3), trainer._lr_at(7)])
+
+
+def test_model_meta_records_the_cases_grid_and_time(tmp_path: Path, tiny_dataset: Path) -> None:
+    """meta.json names the training, labelled and validation cases and the dataset's spacing, and
+    the seconds to a tenth (fails when a case list is dropped or the rounding changes)."""
+    dataset = Dataset(tiny_dataset)
+    split = dataset.split(0)
+    meta = make_trainer(tmp_path, dataset, "nested/run/out").fit()  # a folder that does not exist yet
+    assert meta["train_cases"] == list(split["train"]) == meta["labelled_cases"]
+    assert meta["val_cases"] == list(split["val"]) and meta["val_cases"]
+    assert meta["spacing"] == [float(s) for s in dataset.meta["spacing"]]
+    assert meta["seconds"] == round(meta["seconds"], 1) and meta["seconds"] > 0
+    assert (tmp_path / "nested" / "run" / "out" / "model.pt").is_file()
+
+
+def test_a_fold_without_validation_cases_keeps_the_last_weights_and_no_dice(
+        tmp_path: Path, tiny_dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """No validation cases: the final weights, no selected Dice, and a closing line without one
+    (fails when the Dice is recorded anyway, or the line formats a missing Dice)."""
+    trainer = make_trainer(tmp_path, tiny_dataset)
+    trainer.val_cases = []
+    meta = trainer.fit()
+    assert meta["selected_iteration"] == 8 and meta["selected_val_dice"] is None
+    assert capsys.readouterr().err.rstrip().endswith("selected iteration 8 (best)")
+
+
+def test_a_dataset_without_spacing_or_normalisation_uses_the_defaults(tmp_path: Path, tiny_dataset: Path) -> None:
+    """1 mm spacing and no normalisation record (fails when the defaults change)."""
+    dataset = Dataset(tiny_dataset)
+    dataset.meta.pop("spacing", None)
+    dataset.meta.pop("normalization", None)
+    trainer = make_trainer(tmp_path, dataset)
+    assert trainer.spacing == (1.0, 1.0, 1.0) and trainer.normalization == {}
+    case = trainer.train_cases[0]
+    image, _ = dataset.load_image(case)
+    loaded, _ = trainer._load_image(case)
+    np.testing.assert_array_equal(loaded, normalize_image(image, dataset.channels, {}))
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_log_lines_go_to_stderr(terminal: bool, tmp_path: Path, tiny_dataset: Path,
+                                capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above tqdm's bar on a terminal, plain lines otherwise; never on stdout, which the CLI's
+    summary owns (fails when either branch writes elsewhere)."""
+    trainer = make_trainer(tmp_path, tiny_dataset)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)
+    trainer.log("hello")
+    captured = capsys.readouterr()
+    assert captured.err == "[pce fold 0 it 0] hello\n" and captured.out == ""
+
+
+def test_the_default_device_is_chosen_automatically(tmp_path: Path, tiny_dataset: Path) -> None:
+    assert make_trainer(tmp_path, tiny_dataset, device=None).device == resolve_device("auto")
+
+
+def test_compile_wraps_the_network_the_steps_call(tmp_path: Path, tiny_dataset: Path) -> None:
+    """compile: true trains through torch.compile's wrapper of the same network (fails when the
+    option is ignored); without it the steps call the network itself."""
+    compiled = make_trainer(tmp_path, tiny_dataset, compile=True)
+    assert compiled.step_model is not compiled.model and compiled.step_model._orig_mod is compiled.model
+    plain = make_trainer(tmp_path, tiny_dataset)
+    assert plain.step_model is plain.model
+
+
+def test_on_cpu_no_loss_scaling(tmp_path: Path, tiny_dataset: Path) -> None:
+    """float16 loss scaling is for CUDA only; on CPU the scaler must be off whatever amp says."""
+    assert not make_trainer(tmp_path, tiny_dataset, amp=True).scaler.is_enabled()
+
+
+@pytest.mark.parametrize("content, line", [
+    ([1, 2], "has checkpoint format none, this cmfnet"),
+    ({"format": 1, "hash": "another"}, "was written with another card, config, fold or dataset: starting afresh"),
+])
+def test_an_unusable_checkpoint_is_named_and_training_starts_afresh(
+        content: object, line: str, tmp_path: Path, tiny_dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A last.pt that is not a dict, or of another run, is said so and not resumed (fails when a
+    non-dict reaches ``state.get`` or the message changes)."""
+    (tmp_path / "out").mkdir()
+    torch.save(content, tmp_path / "out" / "last.pt")
+    trainer = make_trainer(tmp_path, tiny_dataset)
+    assert not trainer._try_resume() and trainer.iteration == 0
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'out' / 'last.pt'} " in err and line in err
+
+
+def test_an_unloadable_checkpoint_gives_the_loaders_reason(tmp_path: Path, tiny_dataset: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "last.pt").write_text("not a zip archive\n")
+    assert not make_trainer(tmp_path, tiny_dataset)._try_resume()
+    err = capsys.readouterr().err
+    reason = err.split("weights_only=True (", 1)[1].split("): starting afresh")[0]
+    assert reason and reason != "None" and len(reason) <= 160
+
+
+def test_the_mean_teacher_copies_the_students_batchnorm_statistics(
+        tmp_path: Path, tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The teacher averages the student's weights but takes its BatchNorm statistics as they are
+    (fails when the teacher averages buffers too)."""
+    trainer = make_trainer(tmp_path, tiny_dataset, iterations=3)
+    trainer.method.teacher_decay = 0.9  # instance override: pCE with a mean teacher
+    trainer.teacher = copy.deepcopy(trainer.model)
+    buffers: list[tuple[list[torch.Tensor], list[torch.Tensor]]] = []
+
+    def record(context: TrainingContext, iteration: int) -> None:
+        buffers.append(([b.clone() for b in trainer.model.buffers()], [b.clone() for b in trainer.teacher.buffers()]))
+
+    monkeypatch.setattr(trainer.method, "after_step", record)
+    trainer.fit()
+    assert buffers and any(b.is_floating_point() for b in trainer.model.buffers())
+    for student, teacher in buffers:
+        for s, t in zip(student, teacher):
+            assert torch.equal(s, t)
