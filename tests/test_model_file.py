@@ -5,17 +5,22 @@ edge, each with its file named. Written for the mutation survivors of 2026-12-05
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 from cmfnet import __version__
+from cmfnet.data.dataset import Dataset
 from cmfnet.errors import InputError
 from cmfnet.training.cards import load_card
 from cmfnet.training.model import (FORMAT_VERSION, MODEL_META_KEYS, TrainedModel, _version_tuple,
-                                   _weights_problem, read_model_file, versions, write_trained_model)
+                                   _weights_problem, model_meta, read_model_file, versions,
+                                   write_trained_model)
+from cmfnet.training.config import TrainConfig
 from cmfnet.training.plugins import load_method
 
 REPO = Path(__file__).resolve().parents[1]
@@ -171,3 +176,49 @@ def test_a_model_whose_card_is_broken_names_the_model_file(tmp_path: Path) -> No
     write_model(tmp_path, channels=[0, 1, 2], channel_names=["CT", "MR", "PET"])  # CmFNet takes two
     found = load_refusal(tmp_path)
     assert found[0] == str(path) and found[1].startswith("its card's network cannot be built (") and "3" in found[1]
+
+
+def test_model_meta_states_what_every_trainer_states(tiny_dataset: Path) -> None:
+    """One schema for the engine and external frameworks; ``fields`` come last and may add keys."""
+    card = load_card(REPO / "methods" / "pce.yaml")
+    dataset = Dataset(tiny_dataset)
+    config = TrainConfig(seed=3)
+    meta = model_meta(card, config, dataset, 1, [1], extra="x")
+    assert meta == {"card": card.to_dict(), "card_path": str(card.path), "method_id": "pce",
+                    "train": config.settings(), "fold": 1, "dataset": dataset.name,
+                    "dataset_path": str(dataset.root), "num_classes": dataset.num_classes, "channels": [1],
+                    "channel_names": [dataset.channels[1]],
+                    "normalization": dataset.meta.get("normalization", {}), "seed": 3,
+                    "versions": versions(), "format": FORMAT_VERSION, "extra": "x"}
+    del dataset.meta["normalization"]
+    assert model_meta(card, config, dataset, 1, [1])["normalization"] == {}
+
+
+def test_written_model_round_trips(tmp_path: Path) -> None:
+    """meta.json beside model.pt holds the same record; the weights come back as written, on the CPU."""
+    path = write_model(tmp_path, "pce.yaml")
+    state = read_model_file(path)
+    assert set(state) == {"format", "meta", "weights"} and state["format"] == FORMAT_VERSION
+    assert json.loads((tmp_path / "meta.json").read_text()) == state["meta"]
+    expected = load_method(load_card(REPO / "methods" / "pce.yaml")).build_network(2, 2).state_dict()
+    assert set(state["weights"]) == set(expected)
+    assert all(v.device.type == "cpu" for v in state["weights"].values())
+
+
+def test_set_that_is_not_key_value_is_refused_with_the_reason(tmp_path: Path) -> None:
+    write_model(tmp_path)
+    assert load_refusal(tmp_path, ("params.output",)) == (
+        "--set", "override 'params.output' is not of the form key=value")
+
+
+@pytest.mark.parametrize("channels", [["CT"], ["MR", "CT"], ["CT", "T2"]])
+def test_a_dataset_without_the_models_channels_is_named(channels: list[str], tmp_path: Path) -> None:
+    """Fewer channels, another order or another name: dataset.json is named with both lists."""
+    write_model(tmp_path)
+    model = TrainedModel.load(tmp_path)
+    dataset = SimpleNamespace(channels=channels, num_channels=len(channels), root=tmp_path / "data")
+    with pytest.raises(InputError) as error:
+        model.check_dataset(dataset)
+    assert (error.value.path, error.value.problem) == (
+        str(tmp_path / "data" / "dataset.json"), f"channels {channels} do not provide the model's ['CT', 'MR']")
+    model.check_dataset(SimpleNamespace(channels=["CT", "MR", "PET"], num_channels=3, root=tmp_path))
