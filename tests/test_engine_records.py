@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from cmfnet.data.dataset import Dataset
+from cmfnet.data.io import IGNORE
 from cmfnet.data.normalize import normalize_image
 from cmfnet.training.cards import load_card
 from cmfnet.training.config import TrainConfig
@@ -203,3 +204,20 @@ def test_the_mean_teacher_copies_the_students_batchnorm_statistics(
     for student, teacher in buffers:
         for s, t in zip(student, teacher):
             assert torch.equal(s, t)
+
+
+def test_a_replaced_target_is_sampled_anew(tmp_path: Path, tiny_dataset: Path) -> None:
+    """DMSPS's stage 2 replaces each case's target: patches then hold the new target's labelled
+    voxels, not positions indexed from the old scribbles (fails when the sampler keeps its index)."""
+    trainer = make_trainer(tmp_path, tiny_dataset)
+    trainer._load_volumes()
+    trainer.sampler.sample(8)  # index every case's old labelled voxels
+    context = trainer.context()
+    for case, volume in trainer.volumes.items():
+        target = np.full_like(volume.target, IGNORE)
+        target[:2, :2, :2] = 0
+        target[0, 0, 0] = 1  # labelled only in one corner
+        context.replace_target(case, target)
+    for _ in range(10):
+        _, targets, _, _ = trainer.sampler.sample(4)
+        assert all((t != IGNORE).any() for t in targets)
