@@ -23,7 +23,7 @@ from cmfnet.training.cards import load_card
 from cmfnet.training.config import TrainConfig
 from cmfnet.training.contract import TrainingContext
 from cmfnet.training.device import resolve_device
-from cmfnet.training.engine import Trainer, seed_everything
+from cmfnet.training.engine import Trainer, seed_everything, state_hash
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = {"iterations": 8, "batch_size": 2, "patch_size": [16, 16, 16], "val_interval": 4,
@@ -104,6 +104,7 @@ def test_model_meta_records_the_cases_grid_and_time(tmp_path: Path, tiny_dataset
     assert meta["val_cases"] == list(split["val"]) and meta["val_cases"]
     assert meta["spacing"] == [float(s) for s in dataset.meta["spacing"]]
     assert meta["seconds"] == round(meta["seconds"], 1) and meta["seconds"] > 0
+    assert meta["fold"] == 0 and meta["method_id"] == "pce"
     assert (tmp_path / "nested" / "run" / "out" / "model.pt").is_file()
 
 
@@ -287,3 +288,15 @@ def test_scribble_validation_scores_against_the_cards_scribbles(tmp_path: Path, 
     assert len(data) == len(trainer.val_cases) > 0
     for case, (_, reference) in zip(trainer.val_cases, data):
         np.testing.assert_array_equal(reference, trainer.dataset.load_scribble(case, trainer.card.scribble_variant))
+
+
+def test_the_checkpoint_hash_tells_folds_apart(tmp_path: Path, tiny_dataset: Path) -> None:
+    """A last.pt of another fold is never resumed: the fold is part of the run's hash (fails when
+    the trainer hashes without it)."""
+    card = load_card(REPO / "methods" / "pce.yaml", ["network.width=2"])
+    trainers = [Trainer(card, Dataset(tiny_dataset), fold, tmp_path / "out", TrainConfig(**FAST), device="cpu")
+                for fold in (0, 1)]
+    dataset = Dataset(tiny_dataset)
+    assert [t.state_hash for t in trainers] == [state_hash(card.to_dict(), TrainConfig(**FAST), fold, dataset)
+                                                for fold in (0, 1)]
+    assert trainers[0].state_hash != trainers[1].state_hash
