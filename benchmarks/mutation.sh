@@ -13,6 +13,9 @@
 # default test run. Environment: JOBS (parallel mutants, default 2), KEEP=1 keeps the copy,
 # TESTS="tests/test_a.py tests/test_b.py" runs only those test files against the mutants (a
 # lower bound of the score, in minutes where the whole suite would take hours: name them with it).
+# SAMPLE=N [SEED=S] runs a random sample of N of the modules' mutants (seeded, so the same N
+# names come back) and reports the sample's score with a 95 % Wilson interval: an estimate of the
+# whole module's score where running every mutant would take hours (the engine: about 10 a minute).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -73,17 +76,48 @@ fi
 
 echo "mutating: ${MODULES[*]:-all core modules} against ${TESTS:-the default test selection} (copy in $WORK)" >&2
 start=$(date +%s)
-nice -n 19 mutmut run --max-children "${JOBS:-2}" > mutmut-run.log 2>&1 || { tail -40 mutmut-run.log; exit 1; }
+if [[ -n "${SAMPLE:-}" ]]; then
+    # generate every mutant and collect the test mapping, but run none (no mutant has this name)
+    nice -n 19 mutmut run --max-children "${JOBS:-2}" "generate.only" > mutmut-run.log 2>&1 \
+        || grep -q "nothing matches" mutmut-run.log || { tail -40 mutmut-run.log; exit 1; }
+    mutmut results --all true > generated.txt
+    python - "$SAMPLE" "${SEED:-0}" > sample.txt <<'PY'
+"""A seeded random sample of the mutant names in generated.txt."""
+import random
+import sys
+from pathlib import Path
+
+lines = Path("generated.txt").read_text().splitlines()
+names = sorted(line.rsplit(": ", 1)[0].strip() for line in lines if ": " in line)
+size, seed = int(sys.argv[1]), int(sys.argv[2])
+if not 0 < size <= len(names):
+    sys.exit(f"SAMPLE={size}: choose 1 to {len(names)} (the modules' mutant count)")
+print("\n".join(sorted(random.Random(seed).sample(names, size))))
+PY
+    echo "sampled ${SAMPLE} mutants (SEED=${SEED:-0}), listed in $WORK/sample.txt" >&2
+    # shellcheck disable=SC2046  # one argument per mutant name
+    nice -n 19 mutmut run --max-children "${JOBS:-2}" $(cat sample.txt) >> mutmut-run.log 2>&1 || { tail -40 mutmut-run.log; exit 1; }
+else
+    nice -n 19 mutmut run --max-children "${JOBS:-2}" > mutmut-run.log 2>&1 || { tail -40 mutmut-run.log; exit 1; }
+fi
 elapsed=$(( $(date +%s) - start ))
 
 mutmut results --all true > results.txt
+if [[ -n "${SAMPLE:-}" ]]; then  # score the sample only
+    grep -F -f <(sed 's/$/: /' sample.txt) results.txt > sampled.txt || true
+    mv sampled.txt results.txt
+fi
 echo "== survivors (see one with: cd $WORK && mutmut show NAME; KEEP=1 keeps the copy)"
 grep -E ": (survived|no tests)$" results.txt || true
 echo "== score per module (${elapsed} s)"
 python - <<'PY'
 """killed + timeout over mutants with a test, per module, from `mutmut results --all true`."""
+import math
+import os
 from collections import Counter, defaultdict
 from pathlib import Path
+
+sampled = bool(os.environ.get("SAMPLE"))
 
 counts: dict[str, Counter] = defaultdict(Counter)
 for line in Path("results.txt").read_text().splitlines():
@@ -96,5 +130,10 @@ for module, c in sorted(counts.items()):
     caught = c["killed"] + c["timeout"]
     scored = sum(c.values()) - c["skipped"]
     detail = ", ".join(f"{k} {v}" for k, v in sorted(c.items()))
-    print(f"{module}: {caught}/{scored} = {100 * caught / max(scored, 1):.1f} % ({detail})")
+    # 95 % Wilson interval: what the score of all the module's mutants may be, when these are a sample
+    z, n, p = 1.96, max(scored, 1), caught / max(scored, 1)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    interval = f", 95 % interval {100 * (centre - half):.1f}-{100 * (centre + half):.1f} %" if sampled else ""
+    print(f"{module}: {caught}/{scored} = {100 * p:.1f} % ({detail}{interval})")
 PY
