@@ -19,6 +19,10 @@
 set -euo pipefail
 
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
+if [[ -n "${SAMPLE:-}" && ! "${SAMPLE}${SEED:-0}" =~ ^[0-9]+$ ]]; then
+    echo "mutation.sh: SAMPLE and SEED must be whole numbers (got SAMPLE=${SAMPLE} SEED=${SEED:-})" >&2
+    exit 2
+fi
 # Stated subset: modules nobody else edits often and whose tests are fast (docs/testing.md).
 SUBSET=(cmfnet/data/normalize.py cmfnet/data/splits.py cmfnet/evaluation/tables.py)
 if [[ $# -gt 0 ]]; then
