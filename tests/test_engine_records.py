@@ -295,9 +295,7 @@ def test_the_checkpoint_hash_tells_folds_apart(tmp_path: Path, tiny_dataset: Pat
     """A last.pt of another fold is never resumed: the fold is part of the run's hash (fails when
     the trainer hashes without it)."""
     card = load_card(REPO / "methods" / "pce.yaml", ["network.width=2"])
-    trainers = [Trainer(card, Dataset(tiny_dataset), fold, tmp_path / "out", TrainConfig(**FAST), device="cpu")
-                for fold in (0, 1)]
-    dataset = Dataset(tiny_dataset)
-    assert [t.state_hash for t in trainers] == [state_hash(card.to_dict(), TrainConfig(**FAST), fold, dataset)
-                                                for fold in (0, 1)]
+    dataset, config = Dataset(tiny_dataset), TrainConfig(**FAST)
+    trainers = [Trainer(card, dataset, fold, tmp_path / "out", config, device="cpu") for fold in (0, 1)]
+    assert [t.state_hash for t in trainers] == [state_hash(card.to_dict(), config, fold, dataset) for fold in (0, 1)]
     assert trainers[0].state_hash != trainers[1].state_hash

@@ -5,27 +5,24 @@ survivors of 2026-12-05 (docs/testing.md): each test failed on the mutant named 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from cmfnet.data.dataset import Dataset
-from cmfnet.training.cards import load_card
-from cmfnet.training.config import TrainConfig
 from cmfnet.training.contract import TrainingContext
 from cmfnet.training.engine import Trainer
+from test_engine_records import make_trainer as make_records_trainer
 
-REPO = Path(__file__).resolve().parents[1]
 # 16-voxel patches in 16x32x32 volumes (random positions), a checkpoint at 4, validation every 2
 SETTINGS = {"iterations": 8, "batch_size": 2, "patch_size": [16, 16, 16], "val_interval": 2,
             "checkpoint_interval": 4, "log_interval": 2}
 
 
 def make_trainer(tmp_path: Path, dataset: Path, out: str, card: str = "pce.yaml") -> Trainer:
-    card_obj = load_card(REPO / "methods" / card, ["network.width=2"])
-    return Trainer(card_obj, Dataset(dataset), 0, tmp_path / out, TrainConfig(**SETTINGS), device="cpu")
+    return make_records_trainer(tmp_path, dataset, out, card, **SETTINGS)
 
 
 def weights_of(path: Path) -> dict[str, torch.Tensor]:
@@ -37,13 +34,18 @@ def script_validation(monkeypatch: pytest.MonkeyPatch, trainer: Trainer, scores:
     monkeypatch.setattr(trainer, "_validate", lambda data: scores[trainer.iteration])
 
 
+def draw_every_generator(iteration: int) -> list[tuple]:
+    return [(iteration, random.random(), float(np.random.random()), float(torch.rand(1)))]
+
+
 def run(monkeypatch: pytest.MonkeyPatch, trainer: Trainer, draws: list | None = None,
-        kill_at: int | None = None) -> None:
-    """Fit, with a plugin step that draws from Python's, numpy's and torch's global generators
-    (recorded in ``draws``) and, if ``kill_at``, dies right after that step as a kill would."""
+        kill_at: int | None = None, draw: Callable[[int], list[tuple]] = draw_every_generator) -> None:
+    """Fit, with a plugin step whose ``draw`` takes numbers from the global generators (recorded in
+    ``draws``; by default one each from Python's, numpy's and torch's) and, if ``kill_at``, dies
+    right after that step as a kill would."""
     def step(context: TrainingContext, iteration: int) -> None:
         if draws is not None:
-            draws.append((iteration, random.random(), float(np.random.random()), float(torch.rand(1))))
+            draws.extend(draw(iteration))
         if iteration == kill_at:
             raise KeyboardInterrupt
 
@@ -101,26 +103,14 @@ def test_numpy_gaussian_state_survives_a_resume(tmp_path: Path, tiny_dataset: Pa
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """np.random keeps half of a Gaussian pair between calls; a resume restores it too (fails when
     ``has_gauss`` is read from the wrong field)."""
-    def gaussian_step(draws: list, kill_at: int | None = None):
-        def step(context: TrainingContext, iteration: int) -> None:
-            for _ in range(2 if iteration == 0 else 1):  # 5 draws by the checkpoint: a half is cached
-                draws.append((iteration, float(np.random.standard_normal())))
-            if iteration == kill_at:
-                raise KeyboardInterrupt
-        return step
+    def gaussians(iteration: int) -> list[tuple]:  # 5 draws by the checkpoint: a half is cached
+        return [(iteration, float(np.random.standard_normal())) for _ in range(2 if iteration == 0 else 1)]
 
     uninterrupted: list = []
-    full = make_trainer(tmp_path, tiny_dataset, "full")
-    monkeypatch.setattr(full.method, "after_step", gaussian_step(uninterrupted))
-    full.fit()
-    killed = make_trainer(tmp_path, tiny_dataset, "killed")
-    monkeypatch.setattr(killed.method, "after_step", gaussian_step([], kill_at=4))
-    with pytest.raises(KeyboardInterrupt):
-        killed.fit()
+    run(monkeypatch, make_trainer(tmp_path, tiny_dataset, "full"), uninterrupted, draw=gaussians)
+    run(monkeypatch, make_trainer(tmp_path, tiny_dataset, "killed"), [], kill_at=4, draw=gaussians)
     resumed_draws: list = []
-    resumed = make_trainer(tmp_path, tiny_dataset, "killed")
-    monkeypatch.setattr(resumed.method, "after_step", gaussian_step(resumed_draws))
-    resumed.fit()
+    run(monkeypatch, make_trainer(tmp_path, tiny_dataset, "killed"), resumed_draws, draw=gaussians)
     assert resumed_draws == uninterrupted[5:]
 
 
