@@ -431,7 +431,7 @@ class Trainer:
                 self._running, window_start = {}, time.time()
             if validate_now and val_data:
                 score = self._validate(val_data)
-                row = (row or {"iteration": self.iteration}) | {"val_dice": score}
+                row["val_dice"] = score  # validate_now opened this window's row above
                 if self.config.selection != "best" or score > self.best["score"]:
                     self.best = {"score": score, "iteration": self.iteration}
                     if self.config.selection == "best":  # else the final (or averaged) weights are kept
