@@ -12,7 +12,7 @@ import pytest
 from cmfnet import cli
 from cmfnet.data.dataset import Dataset
 from cmfnet.data.io import write_image
-from cmfnet.evaluation.qualitative import chosen_cases, densest_slice
+from cmfnet.evaluation.qualitative import chosen_cases, column_titles, densest_slice
 
 
 def rows(method: str, dsc: dict[str, float], seed: int = 0, fold: int = 0) -> list[dict]:
@@ -30,6 +30,21 @@ def test_cases_are_the_references_worst_median_and_best_over_seeds() -> None:
     assert chosen_cases(metrics, "ref")[1][3] == pytest.approx(0.5)
     assert [case for _, case, _, _ in chosen_cases(metrics, "other")] == ["a", "d", "b"]
     assert len(chosen_cases(pd.DataFrame(rows("ref", {"x": 0.2, "y": 0.4})), "ref")) == 2
+
+
+def test_columns_sharing_a_name_are_told_apart_by_supervision_then_id() -> None:
+    """The ablations preset draws CmFNet on scribbles and on masks: two columns titled "CmFNet"
+    could not be told apart (fails when the shared names are kept or a unique one is changed)."""
+    metrics = pd.DataFrame([
+        {"method": "cmfnet", "method_name": "CmFNet", "data": "scribbles"},
+        {"method": "cmfnet_fullmask", "method_name": "CmFNet", "data": "masks"},
+        {"method": "pce", "method_name": "pCE", "data": "scribbles"},
+        {"method": "table7.ssl", "method_name": "SSL", "data": "scribbles"},
+        {"method": "semi.ssl", "method_name": "SSL", "data": "scribbles"},
+    ])
+    assert column_titles(metrics) == {"cmfnet": "CmFNet (scribbles)", "cmfnet_fullmask": "CmFNet (masks)",
+                                      "pce": "pCE", "table7.ssl": "SSL (table7.ssl)", "semi.ssl": "SSL (semi.ssl)"}
+    assert column_titles(metrics.drop(columns="data"))["cmfnet_fullmask"] == "CmFNet (cmfnet_fullmask)"
 
 
 def test_densest_slice_is_the_one_with_most_foreground() -> None:

@@ -103,9 +103,21 @@ def plot_cases(dataset: Dataset, predictions: Path, methods: list[tuple[str, str
     plt.close(fig)
 
 
+def column_titles(metrics: pd.DataFrame) -> dict[str, str]:
+    """Each method's column title: its display name, and where rows share a name (the ablations
+    preset draws CmFNet on scribbles and on masks) its supervision, or failing that its id, so that
+    no two columns read alike."""
+    first = metrics.groupby("method", sort=False).first()
+    names = first["method_name"].astype(str)
+    ids = first.index.to_series().astype(str)
+    tag = first["data"].astype(str) if "data" in first else ids
+    titles = names.where(~names.duplicated(keep=False), names + " (" + tag + ")")
+    return titles.where(~titles.duplicated(keep=False), names + " (" + ids + ")").to_dict()
+
+
 def run(args: argparse.Namespace) -> int:
     metrics = collect(chosen_metric_files(args.results, args.metrics))
-    names = metrics.groupby("method", sort=False)["method_name"].first().to_dict()
+    names = column_titles(metrics)
     order = args.order.split(",") if args.order else list(names)
     methods = [(m, names[m]) for m in order if m in names]
     chosen = chosen_cases(metrics, args.reference)
