@@ -29,9 +29,16 @@ cpus="$(nproc)"
 memory_mb=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 - 1024 ))
 mkdir -p "$work/state" "$work/spool" "$work/run"
 # The job steps (srun inside each sbatch job) read the default /etc/slurm/slurm.conf whatever
-# SLURM_CONF says, so the file goes there; one that is already there is a real site's: left alone.
+# SLURM_CONF says, so the file goes there; one that is already there is a real site's: left alone,
+# unless it is this script's own, left by a run that was killed before its cleanup.
 conf=/etc/slurm/slurm.conf
-[ -e "$conf" ] && { rm -rf "$work"; skip "$conf already exists (a configured SLURM site); not replacing it"; }
+if [ -e "$conf" ]; then
+    if [ "$(head -n 1 "$conf")" = "ClusterName=cmfnet-ci" ]; then
+        echo "replacing $conf, left by an earlier run of this check that was killed before its cleanup"
+    else
+        rm -rf "$work"; skip "$conf already exists (a configured SLURM site); not replacing it"
+    fi
+fi
 mkdir -p /etc/slurm
 cat > "$conf.cmfnet-ci" <<CONF
 ClusterName=cmfnet-ci
@@ -65,7 +72,7 @@ cleanup() {
         [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
     done
     [ "$started_munge" = 1 ] && pkill -x munged 2>/dev/null || true
-    rm -f "$conf"   # written by this script (it refuses to run when one was there)
+    rm -f "$conf"   # written by this script (it refuses to run over a conf it did not write)
     rm -rf "$work"
 }
 trap cleanup EXIT
