@@ -80,9 +80,11 @@ fi
 
 echo "mutating: ${MODULES[*]:-all core modules} against ${TESTS:-the default test selection} (copy in $WORK)" >&2
 start=$(date +%s)
+: > mutmut-run.log
+chosen=()  # mutant names to run; none: every mutant
 if [[ -n "${SAMPLE:-}" ]]; then
     # generate every mutant and collect the test mapping, but run none (no mutant has this name)
-    nice -n 19 mutmut run --max-children "${JOBS:-2}" "generate.only" > mutmut-run.log 2>&1 \
+    nice -n 19 mutmut run --max-children "${JOBS:-2}" "generate.only" >> mutmut-run.log 2>&1 \
         || grep -q "nothing matches" mutmut-run.log || { tail -40 mutmut-run.log; exit 1; }
     mutmut results --all true > generated.txt
     python - "$SAMPLE" "${SEED:-0}" > sample.txt <<'PY'
@@ -99,11 +101,9 @@ if not 0 < size <= len(names):
 print("\n".join(sorted(random.Random(seed).sample(names, size))))
 PY
     echo "sampled ${SAMPLE} mutants (SEED=${SEED:-0}), listed in $WORK/sample.txt" >&2
-    # shellcheck disable=SC2046  # one argument per mutant name
-    nice -n 19 mutmut run --max-children "${JOBS:-2}" $(cat sample.txt) >> mutmut-run.log 2>&1 || { tail -40 mutmut-run.log; exit 1; }
-else
-    nice -n 19 mutmut run --max-children "${JOBS:-2}" > mutmut-run.log 2>&1 || { tail -40 mutmut-run.log; exit 1; }
+    mapfile -t chosen < sample.txt
 fi
+nice -n 19 mutmut run --max-children "${JOBS:-2}" "${chosen[@]}" >> mutmut-run.log 2>&1 || { tail -40 mutmut-run.log; exit 1; }
 elapsed=$(( $(date +%s) - start ))
 
 mutmut results --all true > results.txt
